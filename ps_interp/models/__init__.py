@@ -1,0 +1,7 @@
+"""Models: adapters, loading, the `Model` type and tiny random models."""
+from .adapters import ADAPTERS, Adapter, adapter_for, register_adapter, supported_architectures
+from .loading import DEFAULT_MODEL, cache_dir, load, wrap
+from .model import SITE, Model
+
+__all__ = ["ADAPTERS", "Adapter", "adapter_for", "register_adapter", "supported_architectures",
+           "DEFAULT_MODEL", "cache_dir", "load", "wrap", "SITE", "Model"]
