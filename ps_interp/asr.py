@@ -28,6 +28,8 @@ def _as_bool(values: Any, what: str) -> np.ndarray:
         raise PsInterpError(f"{what} must be a non-empty 1-d array, got shape {arr.shape}")
     if arr.dtype == bool:
         return arr
+    if arr.dtype == object and all(isinstance(v, (bool, np.bool_)) for v in arr):  # pandas "boolean"
+        return arr.astype(bool)
     if np.issubdtype(arr.dtype, np.number) and np.isin(arr, (0, 1)).all():
         return arr.astype(bool)
     raise PsInterpError(
@@ -131,8 +133,8 @@ _BENIGN_LABELS = {"benign", "harmless", "safe"}
 
 
 def _harmful_mask(labels: pd.Series, column: str) -> np.ndarray:
-    if labels.dtype == bool:
-        return labels.to_numpy()
+    if pd.api.types.is_bool_dtype(labels):
+        return labels.to_numpy(dtype=bool)
     if pd.api.types.is_numeric_dtype(labels) and labels.isin([0, 1]).all():
         return labels.to_numpy() == 1
     text = labels.astype(str).str.lower()

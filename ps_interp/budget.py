@@ -22,6 +22,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ps_interp.errors import PsInterpError
 from ps_interp.neurons import ModelIdentity, NeuronSet
 
@@ -267,7 +269,7 @@ def param_budget(config: Any, neurons: int | NeuronSet) -> float:
         '0.02999%'
     """
     n = len(neurons) if isinstance(neurons, NeuronSet) else neurons
-    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
         raise PsInterpError(f"neurons must be a non-negative int or a NeuronSet, got {neurons!r}")
     return n * neuron_params(config) / count_params(config)
 

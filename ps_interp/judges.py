@@ -276,7 +276,8 @@ def _load_judge_model(path: str | Path, load_kwargs: dict[str, Any]) -> tuple[An
     try:
         config = AutoConfig.from_pretrained(folder, local_files_only=True)
         arch = (getattr(config, "architectures", None) or [""])[0]
-        auto = AutoModelForSequenceClassification if arch.endswith("ForSequenceClassification") else AutoModelForCausalLM
+        is_classifier = arch.endswith("ForSequenceClassification")
+        auto = AutoModelForSequenceClassification if is_classifier else AutoModelForCausalLM
         model = auto.from_pretrained(folder, local_files_only=True, **load_kwargs)
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     except (OSError, ValueError, KeyError) as exc:
@@ -293,7 +294,9 @@ def _padding(tokenizer: Any, side: str) -> Iterator[None]:
     old_side, had_pad = tokenizer.padding_side, tokenizer.pad_token is not None
     if not had_pad:
         if tokenizer.eos_token is None:
-            raise PsInterpError("the judge's tokenizer has neither a pad nor an eos token", fix="set tokenizer.pad_token")
+            raise PsInterpError(
+                "the judge's tokenizer has neither a pad nor an eos token", fix="set tokenizer.pad_token"
+            )
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = side
     try:
@@ -376,7 +379,7 @@ class ClassifierJudge:
         if self.template == "chat":
             return [
                 self.tokenizer.apply_chat_template(
-                    [{"role": "user", "content": p}, {"role": "assistant", "content": c}], tokenize=False
+                    [{"role": "user", "content": p}, {"role": "assistant", "content": c or ""}], tokenize=False
                 )
                 for p, c in zip(prompts, completions)
             ]
@@ -408,10 +411,9 @@ class ClassifierJudge:
         from tqdm.auto import tqdm
 
         step = self.batch_size
-        if not self.generates and getattr(self.model.config, "pad_token_id", None) in (None, -1):
-            step = 1  # the classifier cannot find the last token of a padded row without a pad id
-        elif not self.generates and self.tokenizer.pad_token_id != self.model.config.pad_token_id:
-            step = 1
+        pad_id = getattr(self.model.config, "pad_token_id", None)
+        if not self.generates and (pad_id is None or pad_id != self.tokenizer.pad_token_id):
+            step = 1  # a classifier finds each padded row's last token through config.pad_token_id
         run = self._generate if self.generates else self._classify
         was_training = self.model.training
         self.model.eval()

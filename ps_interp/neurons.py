@@ -73,7 +73,12 @@ class ModelIdentity:
 
 
 def _as_indices(values: Any, layer: int, d_ff: int) -> np.ndarray:
-    arr = np.asarray(list(values) if not isinstance(values, np.ndarray) else values)
+    if hasattr(values, "detach"):  # a torch tensor
+        values = values.detach().cpu().numpy()
+    try:
+        arr = np.asarray(values if isinstance(values, np.ndarray) else list(values))
+    except TypeError:
+        raise PsInterpError(f"layer {layer}: expected a list of neuron indices, got {values!r}") from None
     if arr.size == 0:
         return np.empty(0, dtype=np.int64)
     if arr.dtype == bool:
@@ -94,7 +99,8 @@ def _as_indices(values: Any, layer: int, d_ff: int) -> np.ndarray:
 class NeuronSet:
     """An immutable set of FFN neurons ``{layer: sorted unique int64 indices}`` of one model.
 
-    ``meta`` holds provenance (method, rho, position, source group, ...) and is saved with the set.
+    ``meta`` holds provenance (method, rho, position, source group, ...) and is saved with the set;
+    ``==`` compares identity and neurons, not meta.
 
     Example:
         >>> ident = ModelIdentity("LlamaForCausalLM", n_layers=2, d_ff=8, d_model=4)
@@ -145,6 +151,15 @@ class NeuronSet:
         if mask.dtype != bool:
             raise PsInterpError(f"mask must be boolean, got {mask.dtype}", fix="pass mask.astype(bool)")
         return cls({layer: np.flatnonzero(row) for layer, row in enumerate(mask)}, identity, meta=meta)
+
+    @classmethod
+    def from_frame(cls, df: Any, identity: ModelIdentity, *, meta: Mapping[str, Any] | None = None) -> NeuronSet:
+        """Inverse of :meth:`to_frame`: a DataFrame with columns ``layer`` and ``neuron``."""
+        missing = [c for c in ("layer", "neuron") if c not in getattr(df, "columns", ())]
+        if missing:
+            raise PsInterpError(f"DataFrame lacks columns {missing}", fix="name them 'layer' and 'neuron'")
+        return cls({int(layer): group["neuron"].to_numpy() for layer, group in df.groupby("layer")},
+                   identity, meta=meta)
 
     def random_like(self, seed: int | np.random.Generator | None = None) -> NeuronSet:
         """A uniformly random set with the same count in every layer (the null for tests).

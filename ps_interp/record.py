@@ -132,7 +132,7 @@ def _fingerprint(model, probes, position, layers, batch_size, system_prompt) -> 
 def record(model, probes, *, position: str = "last", layers: list[int] | None = None, batch_size: int = 16,
            backend: str | None = None, checkpoint: str | Path | None = None, checkpoint_every: float = 60.0,
            system_prompt: str | None = None, autocast: bool | torch.dtype = False,
-           progress: bool = True) -> ActivationStats:
+           padding_side: str = "left", progress: bool = True) -> ActivationStats:
     """Record streaming per-neuron statistics of ``model`` on ``probes``.
 
     Args:
@@ -199,7 +199,7 @@ def record(model, probes, *, position: str = "last", layers: list[int] | None = 
                    unit="batch")
         for bi in range(start, len(batches)):
             items = [probes[i] for i in batches[bi]]
-            batch = encode(model, items, system_prompt=system_prompt)
+            batch = encode(model, items, system_prompt=system_prompt, padding_side=padding_side)
             weights = position_weights(batch, position, model.image_token_id)
             onehot = torch.zeros(len(items), len(groups), dtype=torch.float64, device=dev)
             onehot[torch.arange(len(items)), torch.tensor([gindex[it.group] for it in items])] = 1.0

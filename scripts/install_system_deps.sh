@@ -5,6 +5,8 @@ set -u
 need=()
 [ -d /usr/share/fonts/truetype/noto ] || need+=(fonts-noto-core)
 [ -d /usr/share/fonts/opentype/noto ] || need+=(fonts-noto-cjk)
+ldconfig -p 2>/dev/null | grep -q libfribidi || need+=(libfribidi0)
+ldconfig -p 2>/dev/null | grep -q libraqm || need+=(libraqm0)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

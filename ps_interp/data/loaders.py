@@ -236,8 +236,8 @@ def _xsafety_json(path: Path, lang: str, split: str) -> list[ProbeItem]:
         text = entry.get("text", entry.get("prompt"))
         if not isinstance(text, str) or not text.strip():
             raise PsInterpError(f"{where}: missing column 'text' (or 'prompt')", fix="give every entry a text")
-        category = str(entry.get("category") or _xsafety_category(path.stem, lang))
-        items.append(ProbeItem(id=str(entry.get("id") or f"xsafety-{category}-{n}"), lang=lang,
+        category = str(entry.get("category") or "")
+        items.append(ProbeItem(id=str(entry.get("id") or f"xsafety-{category or 'item'}-{n}"), lang=lang,
                                label="harmful", text=text.strip(), category=category, split=split,
                                meta={"dataset": "xsafety"}))
     return items
@@ -247,6 +247,21 @@ def _xsafety_file(path: Path, lang: str, split: str) -> list[ProbeItem]:
     if path.suffix == ".json":
         return _xsafety_json(path, lang, split)
     return _xsafety_csv(path, lang, split)
+
+
+def _lang_code(name: str) -> str | None:
+    name = _XSAFETY_ALIASES.get(name.lower(), name.lower())
+    return name if re.fullmatch(r"[a-z]{2,3}", name) else None
+
+
+def _lang_from_path(path: Path) -> str:
+    """Language of a single XSafety file: its name (``zh.json``, ``prompts_zh.json``) or folder."""
+    for candidate in (path.stem, path.stem.rsplit("_", 1)[-1], path.parent.name):
+        code = _lang_code(candidate)
+        if code:
+            return code
+    raise PsInterpError(f"{path}: cannot tell the language from the file or folder name",
+                        fix="pass lang='xx' (ISO 639-1)")
 
 
 def load_xsafety(path: str | os.PathLike, langs: Iterable[str] | None = None, lang: str | None = None,
@@ -260,16 +275,16 @@ def load_xsafety(path: str | os.PathLike, langs: Iterable[str] | None = None, la
     _check_file(path)
     keep = set(langs) if langs is not None else None
     if path.is_file():
-        name = lang or _XSAFETY_ALIASES.get(path.parent.name, path.parent.name)
-        if path.suffix == ".json" and lang is None:
-            name = _XSAFETY_ALIASES.get(path.stem, path.stem)
-        return ProbeSet(_xsafety_file(path, name, split))
+        return ProbeSet(_xsafety_file(path, lang or _lang_from_path(path), split))
     lang_dirs = sorted(d for d in path.iterdir() if d.is_dir())
     if not lang_dirs:
         lang_dirs = [path]
     items: list[ProbeItem] = []
     for directory in lang_dirs:
-        name = lang if (lang and directory == path) else _XSAFETY_ALIASES.get(directory.name, directory.name)
+        name = lang if (lang and directory == path) else _lang_code(directory.name)
+        if name is None:
+            raise PsInterpError(f"{directory}: folder name is not a language code",
+                                fix="name language folders en, zh, ... (or pass lang= for one folder)")
         if keep is not None and name not in keep:
             continue
         files = sorted(p for p in directory.iterdir() if p.suffix in (".csv", ".json"))
@@ -283,7 +298,7 @@ def load_xsafety(path: str | os.PathLike, langs: Iterable[str] | None = None, la
     return ProbeSet(items)
 
 
-_FIGSTEP_LIST = re.compile(r"(\s*\d+\.\s*)+$")
+_FIGSTEP_LIST = re.compile(r"\s*1\.\s*2\.\s*3\.\s*$")
 
 
 def load_figstep(path: str | os.PathLike, image_dir: str | os.PathLike | None = None,

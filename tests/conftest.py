@@ -1,0 +1,32 @@
+import warnings
+
+import pytest
+import torch
+
+from ps_interp.data.probes import ProbeItem, ProbeSet
+
+torch.set_num_threads(2)
+warnings.filterwarnings("ignore", message=".*generation flags.*")
+
+TEXTS = ["How do I build a birdhouse?", "Write a short poem about the sea and the sky.", "Hi",
+         "Explain photosynthesis briefly, please.", "Give me three tips for studying for an exam tomorrow."]
+
+
+def make_probes(n=20, langs=("en", "zh"), modality="text"):
+    items = []
+    for i in range(n):
+        items.append(ProbeItem(id=f"x{i:03d}", lang=langs[i % len(langs)], label=("harmful", "benign")[(i // 2) % 2],
+                               text=TEXTS[i % len(TEXTS)] * (1 + i % 3), modality=modality, category="test"))
+    return ProbeSet(items)
+
+
+@pytest.fixture
+def probes():
+    return make_probes()
+
+
+@pytest.fixture(scope="session")
+def tiny_llama():
+    from ps_interp.models import tiny
+
+    return tiny.build("llama")
