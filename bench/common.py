@@ -31,7 +31,9 @@ def peak_rss_mib() -> float:
 
 def english_prompts(n: int):
     """``n`` text probes from the built-in set (cycling languages, then repeating if needed)."""
-    from ps_interp.data import ProbeSet, probes
+    from ps_interp.data import LANGS, ProbeSet, probes
+    from ps_interp.data.builtin import DATA_DIR
 
-    pool = list(probes(modalities=("text",)))
+    langs = [lang for lang in LANGS if (DATA_DIR / f"text_{lang}.jsonl").exists()]
+    pool = list(probes(langs=langs, modalities=("text",)))
     return ProbeSet([pool[i % len(pool)] for i in range(n)])

@@ -176,3 +176,15 @@ def _load_default(**kw) -> Model:
 
 
 NAMED[DEFAULT_MODEL] = _load_default
+
+
+def _tiny_loader(family: str):
+    def build(dtype=None, device_map=None, **kw):
+        from . import tiny
+
+        return tiny.build(family, dtype=dtype or torch.float32)
+    return build
+
+
+for _family in ("llama", "qwen2", "gpt2", "llava", "qwen2_vl"):
+    NAMED[f"tiny-{_family}"] = _tiny_loader(_family)
