@@ -236,6 +236,7 @@ def lape(ctx: ScoreContext, langs: Sequence[str] | None = None, top_rate: float 
     k = t["langs"].index(lang)
     member = t["keep"] & (t["P"][k] >= t["bar"])
     spec = 1.0 - t["entropy"] / math.log(len(t["langs"]))
+    member &= spec > 1e-9  # equally likely active in every language: not specific to any
     score = torch.where(member, spec, torch.full_like(spec, -math.inf))
     ent = torch.where(t["keep"], t["entropy"], torch.full_like(spec, math.inf)).flatten()
     n_low = max(int(round(ent.numel() * top_rate)), 1)

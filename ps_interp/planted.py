@@ -114,7 +114,7 @@ def plant(k: int = 8, *, n_layers: int = 4, seed: int = 0, n_probes: int = 24, n
     probes = planted_probes(n_probes, seed=seed)
     trig_ids = list(_trigger_ids(model, probes))
     toks = opening_tokens(model, "en")
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng([seed, 0x5AFE])  # a stream of its own: not what random_like(seed) draws
     layer_of = [j % n_layers for j in range(k)]
     neurons = {layer: sorted(rng.choice(model.d_ff, size=layer_of.count(layer), replace=False).tolist())
                for layer in range(n_layers) if layer in layer_of}

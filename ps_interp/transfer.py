@@ -59,22 +59,25 @@ def eval_subset(probes: ProbeSet, per_lang: int | None, seed: int = 0) -> ProbeS
 
 
 def _align(model, condition: str, neurons, data, *, steps, lr, batch_size, retention, seed, progress):
-    """Run one alignment condition; returns an object with ``restore()`` and a ``trainable_params`` figure."""
+    """Run one alignment condition; returns an object with ``restore()``, ``trainable_params`` and ``log``."""
     from . import baselines
     from .align import Shield
 
+    kwargs = dict(steps=steps, batch_size=batch_size, seed=seed, progress=progress, retention_mode=retention)
     if condition == "shield":
-        shield = Shield(model, neurons, lr=lr, retention=retention)
-        shield.fit(data, steps=steps, batch_size=batch_size, seed=seed, progress=progress)
+        shield = Shield(model, neurons, lr=lr, retention_mode=retention)
+        kwargs.pop("retention_mode")
+        shield.fit(data, **kwargs)
         return shield
-    runners = {"lora": baselines.lora_baseline, "random": baselines.random_neurons_baseline,
-               "full": baselines.full_finetune, "layers": baselines.layer_neurons_baseline}
-    if condition not in runners:
-        raise PsInterpError(f"unknown baseline {condition!r}", fix=f"use some of {CONDITIONS[1:]}")
-    kwargs = dict(steps=steps, batch_size=batch_size, seed=seed, progress=progress, retention=retention)
-    if condition in ("random", "layers"):
-        return runners[condition](model, neurons, data, lr=lr, **kwargs)
-    return runners[condition](model, data, **kwargs)
+    if condition == "random":
+        return baselines.random_neurons_baseline(model, neurons, data, lr=lr, **kwargs)
+    if condition == "layers":
+        return baselines.layer_neurons_baseline(model, neurons, data, lr=lr, **kwargs)
+    if condition == "lora":
+        return baselines.lora_baseline(model, data, **kwargs)
+    if condition == "full":
+        return baselines.full_finetune(model, data, **kwargs)
+    raise PsInterpError(f"unknown baseline {condition!r}", fix=f"use some of {CONDITIONS[1:]}")
 
 
 def trainable_of(result) -> tuple[int | None, float | None]:

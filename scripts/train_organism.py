@@ -16,6 +16,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 import time
@@ -121,6 +122,7 @@ def train(out: str | Path, *, tiny: bool = False, steps: int, batch_size: int, l
         base_answers=round(t2 - t1, 1), train=round(t3 - t2, 1), total=round(t3 - t0, 1)),
         loss=[round(float(v), 4) for v in log["loss"]], refusal_loss=[round(float(v), 4) for v in log["refusal_loss"]],
         retention_loss=[round(float(v), 4) for v in log["retention_loss"]],
+        load_average=[round(v, 1) for v in os.getloadavg()],  # the machine is shared: timings vary with it
         torch=torch.__version__, python=platform.python_version())
     return org.save_adapter(out, trainer.factors, rank=rank, alpha=alpha, base=base,
                             architecture=model.architecture, extra={"name": org.ORGANISM, "training": training})

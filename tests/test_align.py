@@ -14,11 +14,17 @@ from ps_interp.models.loading import load
 from ps_interp.neurons import NeuronSet
 from ps_interp.pairs import training_pairs
 
-from .conftest import make_probes
+from ps_interp.data.probes import ProbeItem, ProbeSet
+
+SHORT = ["Hi", "Tell me a joke.", "Name a color.", "Count to three.", "Say hello."]
 
 
-def make_data(n=16):
-    return training_pairs(make_probes(n=n, langs=("en",)), split=None)
+def make_data(n=12, langs=("en",)):
+    """Short placeholder prompts (benign text under both labels: no harmful text in tests)."""
+    items = [ProbeItem(id=f"s{i}", lang=langs[i % len(langs)], label=("harmful", "benign")[i % 2],
+                       text=SHORT[i % len(SHORT)], split="train", refusals=("No.", "I can't help with that."))
+             for i in range(n)]
+    return training_pairs(ProbeSet(items), langs=langs)
 
 
 def snapshot(model):
@@ -61,7 +67,8 @@ def test_slice_update_equals_dense_masked_adamw(family, mode):
     dense = copy.deepcopy(model)
     neurons = NeuronSet({0: [1, 5, 7, 100], 1: [2, 3]}, model.identity)
     before = snapshot(model)
-    shield = Shield(model, neurons, lr=3e-2, weight_decay=0.1, retention=0.7, retention_mode=mode)
+    shield = Shield(model, neurons, lr=3e-2, weight_decay=0.1, retention=0.7, retention_mode=mode,
+                    max_new_tokens=8)
     batches = list(shield.batches(make_data(), steps=4, batch_size=3, seed=1))
     for batch in batches:
         shield.step(batch)
@@ -82,7 +89,7 @@ def test_step_trains_only_slices_and_restores_flags(tiny_llama):
     model = tiny.build("llama")
     model.hf.model.embed_tokens.weight.requires_grad_(False)  # a user's own flag must survive
     neurons = NeuronSet({1: [0, 9]}, model.identity)
-    shield = Shield(model, neurons, lr=1e-2)
+    shield = Shield(model, neurons, lr=1e-2, max_new_tokens=8)
     seen = {}
 
     def spy(module, args):  # runs during the training forward
@@ -110,7 +117,7 @@ def test_fit_learns_is_deterministic_and_restore_is_exact():
     probe_ids = torch.tensor([[5, 6, 7, 8]])
     with torch.no_grad():
         logits0 = model.hf(probe_ids).logits
-    shield = Shield(model, NeuronSet({0: range(0, 128, 3), 1: [4]}, model.identity), lr=2e-2)
+    shield = Shield(model, NeuronSet({0: range(0, 128, 3), 1: [4]}, model.identity), lr=2e-2, max_new_tokens=8)
     log = shield.fit(make_data(), steps=8, batch_size=4, progress=False)
     assert list(log.columns[:4]) == ["step", "loss", "refusal_loss", "retention_loss"] and len(log) == 8
     assert log.refusal_loss.iloc[-1] < log.refusal_loss.iloc[0] - 0.2
@@ -128,7 +135,7 @@ def test_save_writes_checkpoint_neurons_and_delta(tmp_path):
     model = tiny.build("llama")
     fresh = tiny.build("llama")  # same seed: the original weights
     neurons = NeuronSet({0: [3, 4], 1: [10]}, model.identity)
-    shield = Shield(model, neurons, lr=5e-2)
+    shield = Shield(model, neurons, lr=5e-2, max_new_tokens=8)
     shield.fit(make_data(), steps=3, batch_size=2, progress=False)
     out = shield.save(tmp_path / "aligned")
     names = {p.name for p in out.iterdir()}
@@ -212,12 +219,12 @@ def test_bad_input_errors():
 def test_nan_loss_stops_and_restores():
     model = tiny.build("llama")
     before = snapshot(model)
-    shield = Shield(model, NeuronSet({0: [1, 2]}, model.identity), lr=1e-2)
+    shield = Shield(model, NeuronSet({0: [1, 2]}, model.identity), lr=1e-2, max_new_tokens=8)
     calls = {"n": 0}
 
     def poison(module, args, out):
         calls["n"] += 1
-        return out * float("nan") if calls["n"] > 4 else out
+        return out * float("nan") if calls["n"] > 4 else out  # KL reference + 2 forwards per step
 
     handle = model.hf.model.norm.register_forward_hook(poison)
     try:
@@ -231,8 +238,17 @@ def test_nan_loss_stops_and_restores():
 def test_exploding_loss_stops_and_restores():
     model = tiny.build("llama")
     before = snapshot(model)
-    shield = Shield(model, NeuronSet({0: range(64), 1: range(64)}, model.identity), lr=1e6, optimizer="sgd",
-                    retention=0, explode_factor=10)
-    with pytest.raises(PsInterpError, match="restored"):
-        shield.fit(make_data(), steps=20, batch_size=2, progress=False)
+    shield = Shield(model, NeuronSet({0: [1, 2]}, model.identity), lr=1e-2, retention=0, explode_factor=10)
+    calls = {"n": 0}
+
+    def blow_up(module, args, out):  # logits x 1e4 from the third step on: a huge but finite loss
+        calls["n"] += 1
+        return out * 1e4 if calls["n"] > 2 else out
+
+    handle = model.hf.lm_head.register_forward_hook(blow_up)
+    try:
+        with pytest.raises(PsInterpError, match="exploded.*step 3.*restored"):
+            shield.fit(make_data(), steps=5, batch_size=2, progress=False)
+    finally:
+        handle.remove()
     assert all(torch.equal(p, before[n]) for n, p in model.hf.named_parameters())

@@ -135,7 +135,7 @@ def _shares_weights(model, bridge) -> bool:
 
 
 def _check_bridge(model, bridge) -> None:
-    """The bridge has every site hook, shares the weights, and its site equals ``down_proj``'s input."""
+    """The bridge has a block and a site hook per layer, and its site equals ``down_proj``'s input."""
     blocks = getattr(bridge, "blocks", None)
     if blocks is None or len(blocks) != model.n_layers:
         raise _unsupported(model, f"its bridge has {0 if blocks is None else len(blocks)} blocks, "
@@ -145,7 +145,8 @@ def _check_bridge(model, bridge) -> None:
             raise _unsupported(model, f"no hook {SITE_HOOK.format(layer=layer)}")
     ids = torch.tensor([[1, 2, 3, 4]], device=model.device) % int(model.text_config.vocab_size)
     want = _reference_site(model, ids)
-    got = _run(bridge, {"input_ids": ids}, [0], lambda layer, h: h.detach().clone())[0]
+    with torch.no_grad():
+        got = _run(bridge, {"input_ids": ids}, [0], lambda layer, h: h.detach().clone())[0]
     if got.shape != want.shape or not torch.allclose(got.float(), want.float(), rtol=1e-2,
                                                      atol=1e-4 + 1e-2 * want.abs().max().item()):
         raise _unsupported(model, f"{SITE_HOOK.format(layer=0)} is not the input of down_proj")
@@ -158,7 +159,8 @@ def _reference_site(model, ids: torch.Tensor) -> torch.Tensor:
         seen["h"] = args[0].detach().clone()
         raise _Stop
 
-    handle = model.site_module(0).register_forward_pre_hook(hook)
+    handle, was_training = model.site_module(0).register_forward_pre_hook(hook), model.hf.training
+    model.hf.eval()
     try:
         with torch.no_grad():
             model.hf(input_ids=ids, use_cache=False)
@@ -166,6 +168,7 @@ def _reference_site(model, ids: torch.Tensor) -> torch.Tensor:
         pass
     finally:
         handle.remove()
+        model.hf.train(was_training)
     return seen["h"]
 
 
@@ -208,10 +211,16 @@ def _run(bridge, batch: dict, layers: list[int], reduce: Callable[[int, torch.Te
     return [out[layer] for layer in layers]
 
 
+def _framework_hook(fn) -> bool:
+    """Hooks that transformers / accelerate keep on a model (e.g. output capturing), copied with it."""
+    module = getattr(getattr(fn, "func", fn), "__module__", "") or ""
+    return module.split(".")[0] in ("transformers", "accelerate", "torch")
+
+
 def _refuse_active_hooks(model) -> None:
     """The bridge runs a copy: hooks on the user's modules (e.g. an active ``ablate``) would be ignored."""
     hooked = [name for name, mod in model.hf.named_modules()
-              if mod._forward_hooks or mod._forward_pre_hooks]
+              if any(not _framework_hook(fn) for fn in (*mod._forward_hooks.values(), *mod._forward_pre_hooks.values()))]
     if hooked:
         raise PsInterpError(f"backend='lens' runs a copy of the model and would ignore the forward hooks on "
                             f"{len(hooked)} module(s) of model.hf (e.g. {hooked[0]}; an active ablate()?)",
@@ -226,8 +235,8 @@ def lens_batch_fn(model) -> Callable:
         >>> import ps_interp as ps                                       # doctest: +SKIP
         >>> stats = ps.record(tiny.build("llama"), probes, backend="lens")  # doctest: +SKIP
     """
-    bridge = lens_bridge(model)
     _refuse_active_hooks(model)
+    bridge = lens_bridge(model)
 
     def batch_fn(model, batch: dict, layers: list[int], weights, onehot, per_token: bool) -> list[torch.Tensor]:
         if bridge.training != model.hf.training:
