@@ -188,6 +188,11 @@ def _quantile(values: torch.Tensor, q: float) -> float:
     return float(flat.kthvalue(k).values)
 
 
+def _recorded_langs(stats, modality) -> list[str]:
+    mods = _as_list(modality)
+    return sorted({g[0] for g, c in zip(stats.groups, stats.count) if c > 0 and (mods is None or g[1] in mods)})
+
+
 def lape_scores(stats, langs: Sequence[str] | None = None, *, modality="text", label=None,
                 filter_rate: float = 0.95, activation_bar: float = 0.95) -> dict:
     """LAPE tables: activation probabilities ``P [n_langs, L, F]``, entropy, thresholds, ``keep``.
@@ -198,10 +203,7 @@ def lape_scores(stats, langs: Sequence[str] | None = None, *, modality="text", l
     neuron belongs to the languages where its probability reaches the ``activation_bar`` quantile.
     (Tang et al. use strict ``>``; ``>=`` is used here so that saturated probabilities of 1 pass.)
     """
-    if langs is None:
-        langs = sorted({g[0] for g, c in zip(stats.groups, stats.count)
-                        if c > 0 and g[1] in (_as_list(modality) or [g[1]])})
-    langs = list(langs)
+    langs = list(langs) if langs is not None else _recorded_langs(stats, modality)
     if len(langs) < 2:
         raise PsInterpError(f"LAPE compares languages but the statistics hold only {langs}",
                             fix="record probes in two or more languages, e.g. ps.probes(langs=['en', 'sw'])")
@@ -250,7 +252,8 @@ def lape(ctx: ScoreContext, langs: Sequence[str] | None = None, top_rate: float 
     meta = {"langs": t["langs"], "groups": groups, "top_rate": top_rate, "filter_rate": filter_rate,
             "activation_bar": activation_bar, "thresholds": {"filter": t["filter"], "bar": t["bar"]},
             "n": {f"{g}/{_label(ctx.modality)}": ctx.stats.n(lang=g, modality=ctx.modality) for g in t["langs"]}}
-    return Scored(_full(ctx.identity, layers, score), meta, default=_full(ctx.identity, layers, default.double(), 0) > 0,
+    default = _full(ctx.identity, layers, default.double(), 0) > 0
+    return Scored(_full(ctx.identity, layers, score), meta, default=default,
                   tiebreak=_full(ctx.identity, layers, t["P"][k], 0))
 
 
@@ -262,8 +265,7 @@ def lape_sets(stats, langs: Sequence[str] | None = None, *, model=None, modality
         >>> {k: len(v) for k, v in sets.items()}           # doctest: +SKIP
         {'en': 12, 'zh': 30, 'sw': 41}
     """
-    if langs is None:
-        langs = lape_scores(stats, None, modality=modality)["langs"]
+    langs = list(langs) if langs is not None else _recorded_langs(stats, modality)
     return {lang: identify(stats, method="lape", lang=lang, modality=modality, model=model, langs=langs, **kw)
             for lang in langs}
 
@@ -284,8 +286,9 @@ def _needs_model_and_probes(ctx: ScoreContext, method: str):
     return harm, ben
 
 
-def _attribution_sums(model, items, batch_size: int) -> torch.Tensor:
-    """Sum over items of ``sum_t h * dL/dh`` per (layer, neuron), L = log P(refusal opening)."""
+def _attribution_sums(model, items, batch_size: int, objective: str) -> torch.Tensor:
+    """Sum over items of ``sum_t h * dL/dh`` per (layer, neuron); L = log P(refusal opening), or the
+    refusal score (minus log P(compliance opening)) with ``objective="score"``."""
     from .data.prompting import encode
     from .intervene import _index_table, _lse, last_logits, opening_tokens
 
@@ -296,7 +299,9 @@ def _attribution_sums(model, items, batch_size: int) -> torch.Tensor:
         for start in range(0, len(items), batch_size):
             chunk = items[start:start + batch_size]
             batch = encode(model, chunk)
-            table = _index_table([opening_tokens(model, it.lang).refusal for it in chunk], model.device)
+            toks = [opening_tokens(model, it.lang) for it in chunk]
+            table = _index_table([t.refusal for t in toks], model.device)
+            comp = _index_table([t.compliance for t in toks], model.device)
             acts, deltas = {}, {}
 
             def make(layer):
@@ -312,9 +317,10 @@ def _attribution_sums(model, items, batch_size: int) -> torch.Tensor:
             try:
                 with torch.enable_grad():
                     logp = last_logits(model, batch).float().log_softmax(-1)
-                    objective = _lse(logp, table).sum()
+                    target = _lse(logp, table) - (_lse(logp, comp) if objective == "score" else 0.0)
+                    target = target.sum()
                     layers = sorted(deltas)
-                    grads = torch.autograd.grad(objective, [deltas[layer] for layer in layers])
+                    grads = torch.autograd.grad(target, [deltas[layer] for layer in layers])
             finally:
                 for handle in handles:
                     handle.remove()
@@ -326,16 +332,22 @@ def _attribution_sums(model, items, batch_size: int) -> torch.Tensor:
     return total
 
 
-def attribution(ctx: ScoreContext, direction: str = "positive", batch_size: int = 8) -> Scored:
+def attribution(ctx: ScoreContext, direction: str = "positive", objective: str = "logprob",
+                batch_size: int = 8) -> Scored:
     """Attribution patching: ``h * dL/dh`` summed over prompt positions, L = log-probability that the
-    answer starts with a refusal opening; mean over harmful prompts minus mean over benign prompts.
+    answer starts with a refusal opening (``objective="score"``: the refusal score, refusal minus
+    compliance log-probability, which does not saturate when the model already refuses); mean over
+    harmful prompts minus mean over benign prompts.
     ``-h * dL/dh`` is the first-order change of L when the neuron is zeroed, so high scores mark
     neurons that support refusal more on harmful than on benign prompts. Cost: one forward and
     backward pass per batch."""
+    if objective not in ("logprob", "score"):
+        raise PsInterpError(f"unknown objective {objective!r}", fix="use 'logprob' or 'score'")
     harm, ben = _needs_model_and_probes(ctx, "attribution")
-    diff = (_attribution_sums(ctx.model, harm, batch_size) / len(harm)
-            - _attribution_sums(ctx.model, ben, batch_size) / len(ben))
-    meta = {"direction": direction, "objective": "log P(refusal opening) at the first response position",
+    diff = (_attribution_sums(ctx.model, harm, batch_size, objective) / len(harm)
+            - _attribution_sums(ctx.model, ben, batch_size, objective) / len(ben))
+    what = "log P(refusal opening)" if objective == "logprob" else "refusal score (log P refusal - log P compliance)"
+    meta = {"direction": direction, "objective": f"{what} at the first response position",
             "n": {"harmful": len(harm), "benign": len(ben)},
             "groups": [f"{_label(ctx.lang)}/{_label(ctx.modality)}/{x}" for x in ("harmful", "benign")]}
     return Scored(_directed(diff, direction), meta)

@@ -356,6 +356,14 @@ class CausalCheck:
                 "z": self.z, "p": self.p, "baseline": self.baseline, "n_neurons": self.n_neurons,
                 "n_random": len(self.random_effects), "metric": self.metric, "mode": self.mode}
 
+    def summary(self) -> str:
+        """One sentence for reports."""
+        d = self.to_dict()
+        what = "the mean refusal score on harmful probes" if self.metric == "refusal" else self.metric
+        return (f"{self.mode.capitalize()}-ablating {self.n_neurons} neurons lowers {what} by {self.effect:.3g} "
+                f"(random sets of the same per-layer sizes: {d['random_mean']:.3g} ± {d['random_sd']:.2g}, "
+                f"n = {d['n_random']}); z = {self.z:.2f}, empirical p = {self.p:.3g}.")
+
     def __repr__(self) -> str:
         return (f"CausalCheck(effect={self.effect:.3g}, random={np.mean(self.random_effects):.3g}"
                 f"±{self.to_dict()['random_sd']:.2g}, z={self.z:.2f}, p={self.p:.3g}, n={self.n_neurons})")

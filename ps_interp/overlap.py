@@ -103,7 +103,7 @@ def cached_record(model, probes, *, position: str = "last", cache: bool = True, 
     """:func:`ps_interp.record.record`, cached under ``cache_dir()/stats/<fingerprint>/``.
 
     Example:
-        >>> stats = cached_record(model, probes)   # records
+        >>> stats = cached_record(model, probes)   # records   # doctest: +SKIP
         >>> stats = cached_record(model, probes)   # reads the cache   # doctest: +SKIP
     """
     if not cache:
@@ -149,7 +149,7 @@ def overlap(langs, modalities=("text",), *, stats: ActivationStats | None = None
     if not langs or not modalities:
         raise PsInterpError("overlap needs at least one language and one modality",
                             fix="pass langs=['en', 'sw'] (and modalities=('text',))")
-    if stats is None or (method in RUNS_MODEL and (model is None or probes is None)):
+    if stats is None:
         if model is None:
             from .models import DEFAULT_MODEL, load
 
@@ -158,9 +158,10 @@ def overlap(langs, modalities=("text",), *, stats: ActivationStats | None = None
             from .data.builtin import probes as builtin_probes
 
             probes = builtin_probes(langs=list(langs), modalities=list(modalities), split="probe")
-    if stats is None:
         stats = cached_record(model, probes, position=position, cache=cache, batch_size=batch_size,
                               progress=progress)
+    elif method in RUNS_MODEL and (model is None or probes is None):
+        raise PsInterpError(f"method={method!r} runs the model on the probes", fix="pass model= and probes= too")
     extra = {"probes": probes} if method in RUNS_MODEL else {}
     sets = {f"{lang}/{mod}": identify(stats, method=method, lang=lang, modality=mod, model=model,
                                       **extra, **selection)

@@ -6,10 +6,10 @@ masked by ``-100``); :func:`greedy_answers` generates the original model's own a
 prompts once (the retention targets).
 
 Example:
-    >>> from ps_interp.data.builtin import probes
+    >>> from ps_interp.data.builtin import load_refusals, probes
     >>> data = training_pairs(probes(langs="en"), langs=("en",))
-    >>> data.harmful[0].label, data.refusals[0][:9]
-    ('harmful', "I'm sorry")
+    >>> data.harmful[0].label, data.refusals[0] in load_refusals()["en"]
+    ('harmful', True)
 """
 from __future__ import annotations
 
@@ -224,7 +224,7 @@ def epoch_order(n: int, steps: int, batch_size: int, seed: int) -> list[list[int
 
     Example:
         >>> epoch_order(3, steps=2, batch_size=2, seed=0)
-        [[2, 0], [1, 0]]
+        [[2, 0], [1, 2]]
     """
     from collections import deque
 

@@ -16,7 +16,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -89,7 +89,8 @@ class Activations:
 
         path = Path(path)
         if not (path / "activations.json").exists():
-            raise PsInterpError(f"no saved activations in {path}", fix="pass the folder collect_activations(path=) wrote")
+            raise PsInterpError(f"no saved activations in {path}",
+                                fix="pass the folder that collect_activations(path=) wrote")
         info = json.loads((path / "activations.json").read_text(encoding="utf-8"))
         tensors = load_file(str(path / "activations.safetensors"))
         acts = {int(k.split(".")[1]): v.float().numpy() for k, v in tensors.items()}
@@ -99,7 +100,7 @@ class Activations:
 def _layers(model, layers) -> list[int]:
     if layers is None:
         raise PsInterpError("collect_activations keeps one vector per prompt and layer: choose the layers",
-                            fix=f"pass layers=[...] among 0..{model.n_layers - 1} (e.g. layers=[{model.n_layers // 2}])")
+                            fix=f"pass layers among 0..{model.n_layers - 1}, e.g. layers=[{model.n_layers // 2}]")
     layers = [layers] if isinstance(layers, (int, np.integer)) else list(layers)
     if not layers or min(layers) < 0 or max(layers) >= model.n_layers:
         raise PsInterpError(f"layers {layers} out of range", fix=f"use layers in 0..{model.n_layers - 1}")

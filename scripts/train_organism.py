@@ -27,6 +27,7 @@ import torch
 
 from ps_interp.align import Trainer
 from ps_interp.data.builtin import STUDY_SPLITS, probes
+from ps_interp.data.probes import atomic_write_text
 from ps_interp.errors import PsInterpError
 from ps_interp.models import organism as org
 from ps_interp.models.loading import DEFAULT_MODEL
@@ -84,6 +85,27 @@ def organism_data(seed: int, n_items: int | None = None):
     return training_pairs(items, split="organism", seed=seed)
 
 
+def _retain_answers(trainer: LoraTrainer, data, *, cache: bool) -> list[list[int]]:
+    """The base model's greedy answers to the benign items, kept on disk (greedy, so deterministic): the
+    CPU-bound generation runs once per base model, item set and length, not once per training run."""
+    if not cache:
+        return trainer.retain_answers(data)
+    import hashlib
+    import json
+
+    from ps_interp.models.loading import cache_dir
+
+    key = json.dumps([trainer.model.source, [i.id for i in data.benign], [i.text for i in data.benign],
+                      trainer.max_new_tokens])
+    path = cache_dir() / "organism" / f"answers-{hashlib.sha1(key.encode()).hexdigest()[:16]}.json"
+    if path.is_file():  # seed Trainer's own cache (same key as Trainer.retain_answers)
+        trainer._answers[tuple((i.id, i.lang, i.modality) for i in data.benign)] = json.loads(path.read_text())
+    answers = trainer.retain_answers(data)
+    if not path.is_file():
+        atomic_write_text(path, json.dumps(answers))
+    return answers
+
+
 def train(out: str | Path, *, tiny: bool = False, steps: int, batch_size: int, lr: float, rank: int, alpha: float,
           targets: str, retention: float, retention_mode: str, max_new_tokens: int, seed: int, threads: int,
           n_items: int | None = None, progress: bool = True) -> Path:
@@ -104,7 +126,7 @@ def train(out: str | Path, *, tiny: bool = False, steps: int, batch_size: int, l
     trainer = LoraTrainer(model, rank=rank, alpha=alpha, targets=targets, seed=seed, lr=lr, retention=retention,
                           retention_mode=retention_mode, max_new_tokens=max_new_tokens)
     t1 = time.perf_counter()
-    trainer.retain_answers(data)
+    _retain_answers(trainer, data, cache=not tiny)
     t2 = time.perf_counter()
     log = trainer.fit(data, steps=steps, batch_size=batch_size, seed=seed, progress=progress)
     t3 = time.perf_counter()

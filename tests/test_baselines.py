@@ -92,3 +92,28 @@ def test_same_batches_for_every_method():
         first.append(result.log.loss.iloc[0])
         result.restore()
     assert first[0] == pytest.approx(first[1], abs=1e-6) and first[1] == pytest.approx(first[2], abs=1e-6)
+
+
+def test_reference_context_is_the_original_model():
+    """The KL reference of every trainer is the original model, without keeping a copy of it."""
+    from ps_interp.align import Shield
+    from ps_interp.baselines import FullFinetune, LoraTrainer
+
+    model = tiny.build("llama")
+    ids = torch.tensor([[4, 8, 15, 16, 23]])
+    with torch.no_grad():
+        original = model.hf(ids).logits
+    makers = (lambda: LoraTrainer(model, lr=5e-2, merge=False, max_new_tokens=4),
+              lambda: FullFinetune(model, lr=1e-2, max_new_tokens=4),
+              lambda: Shield(model, NeuronSet({0: [1, 2], 1: [3]}, model.identity), lr=5e-2, max_new_tokens=4))
+    for make in makers:
+        trainer = make()
+        trainer.fit(make_data(), steps=2, batch_size=2, progress=False)
+        with torch.no_grad():
+            trained = model.hf(ids).logits
+            with trainer._reference():
+                reference = model.hf(ids).logits
+            after = model.hf(ids).logits
+        assert not torch.equal(trained, original) and torch.equal(after, trained)
+        assert torch.equal(reference, original), type(trainer).__name__
+        trainer.restore()

@@ -161,7 +161,8 @@ def test_refusal_score_table_and_padding_invariance(planted):
 
 
 def test_refusal_gap_per_language():
-    df = pd.DataFrame({"lang": ["en", "en", "en", "sw", "sw"], "label": ["harmful", "harmful", "benign"] + ["harmful", "benign"],
+    df = pd.DataFrame({"lang": ["en", "en", "en", "sw", "sw"],
+                       "label": ["harmful", "harmful", "benign", "harmful", "benign"],
                        "score": [3.0, 1.0, -1.0, 0.5, 0.0]})
     gap = refusal_gap(df)
     assert gap.loc["en"].tolist() == [2.0, -1.0, 3.0] and gap.loc["sw", "gap"] == 0.5
@@ -176,6 +177,7 @@ def test_causal_check_gives_a_large_z_for_the_planted_set(planted):
     assert len(check.random_effects) == 12 and check.n_neurons == 8
     fig = check.figure()
     assert "z = " in fig.layout.title.text
+    assert "8 neurons" in check.summary() and f"z = {check.z:.2f}" in check.summary()
     rand = causal_check(planted.model, planted.neurons.random_like(123), planted.probes, n_random=12, seed=1)
     assert rand.z < 3  # a random set is not special
 

@@ -1,15 +1,17 @@
 """overlap: sets per language/modality, Jaccard matrices, figures, on-disk caching of the statistics."""
 import dataclasses
+import importlib
 
 import numpy as np
 import pytest
 import torch
 
-import ps_interp.overlap as overlap_mod
 from ps_interp.data.probes import ProbeSet
 from ps_interp.errors import PsInterpError
 from ps_interp.overlap import Overlap, overlap, stats_fingerprint, weights_digest
 from ps_interp.planted import plant
+
+overlap_mod = importlib.import_module("ps_interp.overlap")  # the package exports a function of that name
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -110,8 +112,31 @@ def test_overlap_with_a_model_running_method(planted, probes, cache):
     assert ov.jaccard.loc["en/text", "sw/text"] == 1.0
 
 
+def test_only_langs_loads_the_default_model_and_builtin_probes(planted, probes, cache, monkeypatch):
+    asked = {}
+
+    def fake_load(name):
+        asked["model"] = name
+        return planted.model
+
+    def fake_probes(**kwargs):
+        asked["probes"] = kwargs
+        return probes
+    monkeypatch.setattr("ps_interp.models.load", fake_load)
+    monkeypatch.setattr("ps_interp.data.builtin.probes", fake_probes)
+    ov = overlap(["en", "sw"], top_k=8, progress=False)
+    assert asked == {"model": "smollm2-135m-instruct",
+                     "probes": {"langs": ["en", "sw"], "modalities": ["text"], "split": "probe"}}
+    assert ov.sets["en/text"] == planted.neurons and (cache / "stats").is_dir()
+
+
 def test_bad_arguments(planted, probes, cache):
     with pytest.raises(PsInterpError, match="at least one language"):
         overlap([], model=planted.model, probes=probes)
     with pytest.raises(PsInterpError, match="zh/text/harmful"):
         overlap(["en", "zh"], model=planted.model, probes=probes, progress=False)
+    from ps_interp.record import record
+
+    stats = record(planted.model, probes, progress=False)
+    with pytest.raises(PsInterpError, match="model= and probes="):
+        overlap(["en"], stats=stats, method="ablation")

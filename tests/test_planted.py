@@ -62,7 +62,8 @@ def test_planted_neurons_carry_the_refusal(planted):
 @pytest.mark.parametrize("method, options", [
     ("saliency", {}), ("mean_diff", {}), ("mean_diff", {"direction": "positive"}),
     ("effect_size", {"stat": "d"}), ("effect_size", {"stat": "t"}),
-    ("attribution", {"probes": True}), ("ablation", {"probes": True, "pool": 16}),
+    ("attribution", {"probes": True}), ("attribution", {"probes": True, "objective": "score"}),
+    ("ablation", {"probes": True, "pool": 16}),
 ])
 def test_every_scorer_recovers_the_planted_neurons(planted, stats, method, options):
     if options.get("probes"):
@@ -70,6 +71,12 @@ def test_every_scorer_recovers_the_planted_neurons(planted, stats, method, optio
     found = identify(stats, method=method, model=planted.model, top_k=K, **options)
     assert len(found) == K
     assert recall(found, planted.neurons) >= 0.9, (method, found.to_frame().values.tolist())
+
+
+def test_attribution_needs_no_statistics(planted):
+    found = identify(None, method="attribution", model=planted.model, probes=planted.probes, top_k=K)
+    assert recall(found, planted.neurons) >= 0.9
+    assert found.meta["position"] is None and found.meta["n"] == {"harmful": 24, "benign": 24}
 
 
 def test_lape_recovers_them_as_specific_to_the_trigger_language(planted):

@@ -178,8 +178,10 @@ def lens_bridge(model):
     The cached bridge shares the model's parameters, so in-place updates reach it; it is rebuilt
     when a parameter is replaced, moved or cast. A bridge that had to re-create some parameters
     (GPT-2's split q/k/v) could go stale, so it is not cached: each call builds a fresh one.
-    Raises :class:`PsInterpError` for an architecture TransformerLens cannot wrap.
+    Raises :class:`PsInterpError` for an architecture TransformerLens cannot wrap, or while hooks are
+    attached to ``model.hf`` (the bridge runs a copy and would not see them).
     """
+    _refuse_active_hooks(model)
     key = _cache_key(model)
     cached = getattr(model, "_lens_bridge", None)
     if cached is not None and cached[0] == key:
@@ -230,12 +232,12 @@ def _refuse_active_hooks(model) -> None:
 def lens_batch_fn(model) -> Callable:
     """A :mod:`ps_interp.record` backend that reads the FFN sites through ``model``'s TransformerBridge.
 
+    Used by ``record(..., backend="lens")``; the bridge comes from :func:`lens_bridge`.
+
     Example:
-        >>> from ps_interp.models import tiny
-        >>> import ps_interp as ps                                       # doctest: +SKIP
-        >>> stats = ps.record(tiny.build("llama"), probes, backend="lens")  # doctest: +SKIP
+        >>> from ps_interp.record import record
+        >>> stats = record(model, probes, backend="lens")   # doctest: +SKIP
     """
-    _refuse_active_hooks(model)
     bridge = lens_bridge(model)
 
     def batch_fn(model, batch: dict, layers: list[int], weights, onehot, per_token: bool) -> list[torch.Tensor]:
