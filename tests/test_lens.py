@@ -26,7 +26,8 @@ def _model(models, family):
 
 
 def _snapshot(model):
-    return ({k: v.clone() for k, v in model.hf.state_dict().items()},
+    tensors = {**model.hf.state_dict(), **{f"buffer:{k}": v for k, v in model.hf.named_buffers()}}
+    return ({k: v.clone() for k, v in tensors.items()},
             [(n, type(m)) for n, m in model.hf.named_modules()], model.hf.config.to_dict())
 
 

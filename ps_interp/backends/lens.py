@@ -222,7 +222,8 @@ def _framework_hook(fn) -> bool:
 def _refuse_active_hooks(model) -> None:
     """The bridge runs a copy: hooks on the user's modules (e.g. an active ``ablate``) would be ignored."""
     hooked = [name for name, mod in model.hf.named_modules()
-              if any(not _framework_hook(fn) for fn in (*mod._forward_hooks.values(), *mod._forward_pre_hooks.values()))]
+              if any(not _framework_hook(fn) for hooks in (mod._forward_hooks, mod._forward_pre_hooks)
+                     for fn in hooks.values())]
     if hooked:
         raise PsInterpError(f"backend='lens' runs a copy of the model and would ignore the forward hooks on "
                             f"{len(hooked)} module(s) of model.hf (e.g. {hooked[0]}; an active ablate()?)",
