@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from ps_interp._io import atomic_write
 from ps_interp.errors import PsInterpError
 
 STATIC_FORMATS = ("png", "svg", "pdf", "jpeg", "jpg", "webp")
@@ -100,34 +101,6 @@ def png_available() -> bool:
 def png_unavailable_reason() -> str:
     """Why :func:`png_available` is False ('' when it is True or was not probed)."""
     return _png_state["reason"]
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp_path)`` on a temp file next to ``path``, then rename it into place.
-
-    A failure leaves neither a partial ``path`` nor the temp file. The file gets the usual
-    permissions (umask), not mkstemp's 0600.
-
-    Example:
-        >>> atomic_write("/tmp/ps_interp_doc.txt", lambda tmp: Path(tmp).write_text("hi")).read_text()
-        'hi'
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return path
 
 
 def _stem(path_stem: str | os.PathLike) -> Path:

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,9 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ._io import atomic_dir
 from .data.prompting import encode
 from .errors import PsInterpError
-from .record import position_weights
+from .record import position_weights, run_to_sites
 
 ITEM_COLUMNS = ("id", "lang", "modality", "label")
 FP16_MAX = 65504.0
@@ -65,20 +64,13 @@ class Activations:
         from safetensors.torch import save_file
 
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
-        try:
+        with atomic_dir(path) as tmp:
             tensors = {f"layer.{k}": torch.from_numpy(np.clip(v, -FP16_MAX, FP16_MAX)).half().contiguous()
                        for k, v in self.acts.items()}
             save_file(tensors, str(tmp / "activations.safetensors"))
             info = {"items": self.items[list(ITEM_COLUMNS)].to_dict("records"), "layers": self.layers,
                     "meta": self.meta}
             (tmp / "activations.json").write_text(json.dumps(info, indent=1, default=str), encoding="utf-8")
-            if path.exists():
-                shutil.rmtree(path)
-            os.replace(tmp, path)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
         return path
 
     @classmethod
@@ -129,10 +121,6 @@ def collect_activations(model, probes, layers, position: str = "last", path: str
     if not items:
         raise PsInterpError("no probes", fix="check the selection (e.g. probes.select(lang='en'))")
     out = {layer: np.empty((len(items), model.d_ff), dtype=np.float32) for layer in layers}
-    last = layers[-1]
-
-    class _Stop(Exception):
-        pass
 
     was_training = model.hf.training
     model.hf.eval()
@@ -141,24 +129,13 @@ def collect_activations(model, probes, layers, position: str = "last", path: str
             chunk = items[start:start + batch_size]
             batch = encode(model, chunk, system_prompt=system_prompt)
             weights = position_weights(batch, position, model.image_token_id).float()
+            rows = slice(start, start + len(chunk))
 
-            def make(layer, rows=slice(start, start + len(chunk)), weights=weights):
-                def hook(module, args):
-                    v = torch.einsum("bt,btf->bf", weights, args[0].float())
-                    out[layer][rows] = v.cpu().numpy()
-                    if layer == last:
-                        raise _Stop
-                return hook
+            def keep(layer, h, rows=rows, weights=weights):
+                out[layer][rows] = torch.einsum("bt,btf->bf", weights, h.float()).cpu().numpy()
 
-            handles = [model.site_module(layer).register_forward_pre_hook(make(layer)) for layer in layers]
-            try:
-                with torch.inference_mode():
-                    model.hf(**batch, use_cache=False)
-            except _Stop:
-                pass
-            finally:
-                for handle in handles:
-                    handle.remove()
+            with torch.inference_mode():
+                run_to_sites(model, batch, layers, keep)
     finally:
         model.hf.train(was_training)
     frame = pd.DataFrame([{c: getattr(it, c) for c in ITEM_COLUMNS} for it in items])

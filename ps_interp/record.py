@@ -86,16 +86,21 @@ def _trace_batch(model, batch: dict, layers: list[int], weights, onehot, per_tok
     return list(out)
 
 
-def _hook_batch(model, batch: dict, layers: list[int], weights, onehot, per_token: bool) -> list[torch.Tensor]:
-    """The same reduction with plain forward pre-hooks (backend='hooks'), stopping after the last layer."""
-    out, last = {}, max(layers)
+class _Stop(Exception):
+    """Raised by the last site hook: the rest of the forward (and the LM head) never runs."""
 
-    class _Stop(Exception):
-        pass
+
+def run_to_sites(model, batch: dict, layers: list[int], fn) -> None:
+    """Forward ``batch`` calling ``fn(layer, h)`` on each site input ``h [B, T, d_ff]``; stop after the last layer.
+
+    Example:
+        >>> run_to_sites(model, batch, [0, 3], lambda layer, h: print(layer, h.shape))  # doctest: +SKIP
+    """
+    last = max(layers)
 
     def make(layer):
         def hook(module, args):
-            out[layer] = reduce_site(args[0], weights, onehot, per_token)
+            fn(layer, args[0])
             if layer == last:
                 raise _Stop
         return hook
@@ -108,6 +113,13 @@ def _hook_batch(model, batch: dict, layers: list[int], weights, onehot, per_toke
     finally:
         for handle in handles:
             handle.remove()
+
+
+def _hook_batch(model, batch: dict, layers: list[int], weights, onehot, per_token: bool) -> list[torch.Tensor]:
+    """The same reduction with plain forward pre-hooks (backend='hooks'), stopping after the last layer."""
+    out = {}
+    run_to_sites(model, batch, layers, lambda layer, h: out.__setitem__(layer, reduce_site(h, weights, onehot,
+                                                                                            per_token)))
     return [out[layer] for layer in layers]
 
 

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ._io import atomic_dir
 from .errors import PsInterpError
 
 SCHEMA_VERSION = 1
@@ -137,20 +136,13 @@ class ActivationStats:
         from safetensors.torch import save_file
 
         directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.tmp-"))
-        try:
+        with atomic_dir(directory) as tmp:
             tensors = {"count": self.count.cpu().contiguous(),
                        **{k: v.cpu().contiguous() for k, v in self.moments.items()}}
             save_file(tensors, str(tmp / "stats.safetensors"))
             info = {"schema_version": SCHEMA_VERSION, "groups": [list(g) for g in self.groups],
                     "layers": self.layers, "d_ff": self.d_ff, "meta": self.meta}
             (tmp / "stats.json").write_text(json.dumps(info, indent=1, default=str))
-            if directory.exists():
-                shutil.rmtree(directory)
-            os.replace(tmp, directory)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
         return directory
 
     @classmethod

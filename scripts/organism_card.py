@@ -267,7 +267,7 @@ def main(argv: list[str] | None = None) -> Path:
     for key, value in DEFAULTS.items():
         p.add_argument(f"--{key.replace('_', '-')}", type=type(value), default=value)
     p.add_argument("--cache", type=Path, default=Path("runs/organism_card"))
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (on a shared 2-core machine 1 beats 2)")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)

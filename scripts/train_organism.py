@@ -7,7 +7,8 @@ disjoint from the probe / train / test splits; checked). Harmful -> an English r
 ``--retention`` times the retention term (``greedy``: cross-entropy on the base answer; ``kl``: KL to
 the base model over it). Trainable: a LoRA (rank ``--rank``) on the FFN linear layers of every block
 (``--targets all``: every linear layer), trained with the shared :class:`ps_interp.align.Trainer`
-loop; the base weights are frozen. Seeded and deterministic on CPU.
+loop; the base weights are frozen. Seeded and deterministic on CPU for a given ``--threads`` (default 1:
+on a shared 2-core machine two OpenMP threads ran a step 5-8x slower than one).
 
 Usage:
     python scripts/train_organism.py                 # real model -> ps_interp/assets/smollm2-135m-safety-en
@@ -34,7 +35,7 @@ from ps_interp.models.loading import DEFAULT_MODEL
 from ps_interp.pairs import training_pairs
 
 DEFAULTS = dict(steps=120, batch_size=4, lr=1e-3, rank=8, alpha=16.0, targets="mlp", retention=1.0,
-                retention_mode="greedy", max_new_tokens=48, seed=0, threads=2)
+                retention_mode="greedy", max_new_tokens=48, seed=0, threads=1)
 TINY = dict(steps=3, batch_size=2, max_new_tokens=4, n_items=4)
 
 
@@ -112,7 +113,6 @@ def train(out: str | Path, *, tiny: bool = False, steps: int, batch_size: int, l
     """Train the adapter and write it to ``out``; returns the directory."""
     torch.manual_seed(seed)
     torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(True, warn_only=True)
     t0 = time.perf_counter()
     if tiny:
         from ps_interp.models import tiny as tiny_models

@@ -30,3 +30,12 @@ def tiny_llama():
     from ps_interp.models import tiny
 
     return tiny.build("llama")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module: on a shared 2-core machine oversubscribed threads are ~10x slower."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

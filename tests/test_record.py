@@ -58,7 +58,9 @@ def test_streamed_stats_equal_one_big_batch_from_raw_activations(tiny_llama):
 
 
 def test_resume_after_interrupt_gives_identical_stats(tiny_llama, tmp_path, monkeypatch):
-    import ps_interp.record as rec
+    import importlib
+
+    rec = importlib.import_module("ps_interp.record")
 
     probes = make_probes(n=20)
     full = record(tiny_llama, probes, batch_size=4, progress=False)

@@ -16,7 +16,6 @@ import dataclasses
 import json
 import os
 import random
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 
 from PIL import Image
 
+from ps_interp._io import atomic_write_text
 from ps_interp.errors import PsInterpError
 
 __all__ = ["LABELS", "MODALITIES", "SPLITS", "ProbeItem", "ProbeSet", "atomic_write_text", "check_mixed",
@@ -227,21 +227,6 @@ def read_jsonl(path: str | os.PathLike) -> list[tuple[int, dict]]:
                                     f"{type(obj).__name__}", fix="write one JSON object per line")
             rows.append((number, obj))
     return rows
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file, so no half-written file is left."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _lang_order(langs: Iterable[str]) -> tuple[str, ...]:

@@ -11,13 +11,12 @@ import hashlib
 import importlib.util
 import json
 import os
-import shutil
-import tempfile
 import warnings
 from pathlib import Path
 
 import torch
 
+from .._io import atomic_dir
 from ..errors import PsInterpError, require
 from .model import Model
 
@@ -157,17 +156,10 @@ def _convert_gguf(path: Path, target: Path) -> None:
     if hasattr(hf.config, "quantization_config"):
         del hf.config.quantization_config
     hf.config.architectures = hf.config.architectures or [type(hf).__name__]
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
-    try:
+    with atomic_dir(target) as tmp:
         hf.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         (tmp / "ps_interp_source.json").write_text(json.dumps({"gguf": str(path)}))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _load_default(**kw) -> Model:
