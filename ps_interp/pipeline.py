@@ -85,6 +85,7 @@ def run_study(cfg: RunConfig) -> Path:
     log(f"causal check of the {source_key} set vs {cfg.n_random} random sets")
     check_probes = probe_split.select(lang=cfg.source_langs, modality=cfg.source_modalities)
     check = causal_check(model, sets[source_key], check_probes, n_random=cfg.n_random, seed=cfg.seed)
+    (folder / "tables" / "causal_check.json").write_text(json.dumps(check.to_dict(), indent=1, default=float))
     log.stage("causal_check")
 
     log("aligning on the source (Shield + baselines) and evaluating every language before/after")

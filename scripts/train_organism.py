@@ -2,7 +2,7 @@
 
 Data: the English ``organism`` split of the built-in set only (40 harmful + 40 benign requests, ids
 disjoint from the probe / train / test splits; checked). Harmful -> an English refusal from
-``refusals.json`` (cycled over the seven sentences), benign -> the base model's own greedy answer
+``refusals.json`` (cycled over the sentences the keyword judge recognises; ``--refusals all``: all), benign -> the base model's own greedy answer
 (generated once, up to ``--max-new-tokens`` tokens). Loss: cross-entropy on the refusal plus
 ``--retention`` times the retention term (``greedy``: cross-entropy on the base answer; ``kl``: KL to
 the base model over it). Trainable: a LoRA (rank ``--rank``) on the FFN linear layers of every block
@@ -17,6 +17,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import platform
 import sys
@@ -28,14 +29,14 @@ import torch
 
 from ps_interp.align import Trainer
 from ps_interp.data.builtin import STUDY_SPLITS, probes
-from ps_interp.data.probes import atomic_write_text
+from ps_interp.data.probes import ProbeSet, atomic_write_text
 from ps_interp.errors import PsInterpError
 from ps_interp.models import organism as org
 from ps_interp.models.loading import DEFAULT_MODEL
 from ps_interp.pairs import training_pairs
 
 DEFAULTS = dict(steps=120, batch_size=4, lr=1e-3, rank=8, alpha=16.0, targets="mlp", retention=1.0,
-                retention_mode="greedy", max_new_tokens=48, seed=0, threads=1)
+                retention_mode="greedy", max_new_tokens=48, seed=0, threads=1, refusals="judged")
 TINY = dict(steps=3, batch_size=2, max_new_tokens=4, n_items=4)
 
 
@@ -73,8 +74,23 @@ class LoraTrainer(Trainer):
                         for path, (A, B) in org.init_factors(self.model, self.paths, self.rank, seed=self.seed).items()}
 
 
-def organism_data(seed: int, n_items: int | None = None):
-    """The training pairs: English organism items only, checked disjoint from the study splits."""
+def judged_refusals(lang: str = "en") -> tuple[str, ...]:
+    """The refusal sentences of ``refusals.json`` that the default judge (RefusalKeywords) recognises."""
+    from ps_interp.data.builtin import load_refusals
+    from ps_interp.judges import RefusalKeywords
+
+    pool = load_refusals()[lang]
+    return tuple(r for r, ok in zip(pool, RefusalKeywords().judge(pool, pool, [lang] * len(pool))) if ok)
+
+
+def organism_data(seed: int, n_items: int | None = None, refusals: str = "judged"):
+    """The training pairs: English organism items only, checked disjoint from the study splits.
+
+    ``refusals="judged"`` trains on the English refusal sentences the keyword judge recognises (so a
+    measured ASR counts answers, not refusal phrasings the judge misses); ``"all"`` on all of them.
+    """
+    if refusals not in ("judged", "all"):
+        raise PsInterpError(f"unknown refusals {refusals!r}", fix="use 'judged' or 'all'")
     items = probes(langs=["en"], split="organism")
     study = set(probes(langs=["en"], split=STUDY_SPLITS).ids)
     overlap = set(items.ids) & study
@@ -83,6 +99,9 @@ def organism_data(seed: int, n_items: int | None = None):
                             fix="fix the split column of items.jsonl")
     if n_items is not None:
         items = items.select(label="harmful")[:n_items] + items.select(label="benign")[:n_items]
+    if refusals == "judged":
+        pool = judged_refusals("en")
+        items = ProbeSet(dataclasses.replace(it, refusals=pool) if it.label == "harmful" else it for it in items)
     return training_pairs(items, split="organism", seed=seed)
 
 
@@ -109,7 +128,7 @@ def _retain_answers(trainer: LoraTrainer, data, *, cache: bool) -> list[list[int
 
 def train(out: str | Path, *, tiny: bool = False, steps: int, batch_size: int, lr: float, rank: int, alpha: float,
           targets: str, retention: float, retention_mode: str, max_new_tokens: int, seed: int, threads: int,
-          n_items: int | None = None, progress: bool = True) -> Path:
+          refusals: str = "judged", n_items: int | None = None, progress: bool = True) -> Path:
     """Train the adapter and write it to ``out``; returns the directory."""
     torch.manual_seed(seed)
     torch.set_num_threads(threads)
@@ -122,7 +141,7 @@ def train(out: str | Path, *, tiny: bool = False, steps: int, batch_size: int, l
         from ps_interp.models.loading import load
 
         model, base = load(DEFAULT_MODEL), DEFAULT_MODEL
-    data = organism_data(seed, n_items)
+    data = organism_data(seed, n_items, refusals)
     trainer = LoraTrainer(model, rank=rank, alpha=alpha, targets=targets, seed=seed, lr=lr, retention=retention,
                           retention_mode=retention_mode, max_new_tokens=max_new_tokens)
     t1 = time.perf_counter()
@@ -136,7 +155,8 @@ def train(out: str | Path, *, tiny: bool = False, steps: int, batch_size: int, l
     training = dict(
         script="scripts/train_organism.py", data="builtin split='organism', langs=['en'] (ids disjoint from "
         "probe/train/test)", n_harmful=len(data.harmful), n_benign=len(data.benign),
-        harmful_target="refusals.json['en'], cycled", benign_target=f"base model's greedy answer ({retention_mode})",
+        harmful_target=f"refusals.json['en'] ({refusals}: {len(set(data.refusals))} sentences), cycled",
+        refusal_sentences=sorted(set(data.refusals)), benign_target=f"base model's greedy answer ({retention_mode})",
         steps=steps, batch_size=f"{batch_size} harmful + {batch_size} benign", lr=lr, optimizer="adamw",
         rank=rank, alpha=alpha, targets=targets, retention=retention, retention_mode=retention_mode,
         max_new_tokens=max_new_tokens, seed=seed, threads=threads, trainable_params=trainer.trainable_params,

@@ -82,7 +82,10 @@ def test_training_uses_only_organism_items():
     items = data.harmful + data.benign
     assert len(data.harmful) == len(data.benign) == 40
     assert {i.split for i in items} == {"organism"} and not {i.id for i in items} & study
-    assert len(set(data.refusals)) > 3  # varied refusals
+    assert len(set(data.refusals)) > 3  # varied refusals ...
+    from ps_interp.judges import RefusalKeywords
+
+    assert RefusalKeywords().judge(data.refusals, data.refusals, ["en"] * 40).all()  # ... the judge recognises
 
 
 def test_train_script_tiny_writes_a_working_adapter(tmp_path):
