@@ -354,7 +354,8 @@ class CausalCheck:
         return {"effect": self.effect, "random_mean": float(np.mean(self.random_effects)),
                 "random_sd": float(np.std(self.random_effects, ddof=1)) if len(self.random_effects) > 1 else 0.0,
                 "z": self.z, "p": self.p, "baseline": self.baseline, "n_neurons": self.n_neurons,
-                "n_random": len(self.random_effects), "metric": self.metric, "mode": self.mode}
+                "n_random": len(self.random_effects), "metric": self.metric, "mode": self.mode,
+                "random_effects": [float(x) for x in self.random_effects]}
 
     def summary(self) -> str:
         """One sentence for reports."""

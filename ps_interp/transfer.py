@@ -94,7 +94,8 @@ def transfer(model, *, source: dict | None = None, targets: dict | None = None, 
              stats=None, method: str = "saliency", budget: float | None = 0.0003, rho: float | None = None,
              baselines=("lora", "random"), steps: int = 60, lr: float = 2e-3, batch_size: int = 8,
              retention: str = "kl", eval_per_lang: int | None = 16, max_new_tokens: int = 48, judge=None,
-             position: str = "last", seed: int = 0, progress: bool = True) -> TransferResult:
+             position: str = "last", autocast: bool = False, seed: int = 0,
+             progress: bool = True) -> TransferResult:
     """Identify safety neurons on ``source``, align on its train split, evaluate every target before/after.
 
     ``source`` / ``targets``: ``{"langs": [...], "modalities": [...]}``; targets default to every language of
@@ -113,7 +114,8 @@ def transfer(model, *, source: dict | None = None, targets: dict | None = None, 
     probe_split = probes.select(split="probe", lang=targets["langs"] + source["langs"],
                                 modality=targets["modalities"] + source["modalities"])
     if stats is None:
-        stats = record(model, probe_split.require_nonempty("probe split"), position=position, progress=progress)
+        stats = record(model, probe_split.require_nonempty("probe split"), position=position, progress=progress,
+                       autocast=autocast)
     sel = dict(budget=budget) if rho is None else dict(rho=rho)
     source_sets = [identify(stats, method=method, lang=lang, modality=mod, model=model, **sel)
                    for lang in source["langs"] for mod in source["modalities"]]
@@ -127,7 +129,8 @@ def transfer(model, *, source: dict | None = None, targets: dict | None = None, 
     data = training_pairs(probes, langs=source["langs"], modalities=source["modalities"], split="train", seed=seed)
     benign = [it for it in test if it.label == "benign"]
     reference = next_token_logprobs(model, benign)
-    ev_kw = dict(judge=judge, max_new_tokens=max_new_tokens, reference=reference, progress=progress)
+    ev_kw = dict(judge=judge, max_new_tokens=max_new_tokens, reference=reference, progress=progress,
+                 autocast=autocast)
     evaluations = {"before": evaluate(model, test, **ev_kw)}
     training = {}
     for cond in ("shield", *baselines):
