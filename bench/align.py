@@ -12,7 +12,8 @@ Prints three ratios with their targets:
    kernel's peak-RSS counter is reset (``echo 5 > /proc/self/clear_refs``), and the step's cost is
    ``VmHWM - VmRSS`` (peak resident memory during the step minus resident memory before it). glibc's
    mmap threshold is fixed at 64 KiB (``MALLOC_MMAP_THRESHOLD_``) so freed tensors go back to the OS and
-   RSS follows live memory. Median over the measured steps.
+   RSS follows live memory. Median over ``--memory-steps`` steps (LoRA on the FFNs and on every
+   linear layer; ``--full-memory`` adds full fine-tuning).
 
 The batch is 8 harmful prompts of the built-in English train split with their refusals, chat-formatted
 and cut to 64 tokens (loss on the refusal tokens; no retention term, so every method runs one forward
@@ -20,7 +21,12 @@ and one backward). The 0.03% neurons are drawn uniformly over all layers (seed 0
 layer sets how deep the backward pass goes, and a uniform draw reaches the first layers (pessimistic for
 Shield; real safety neurons sit mostly in middle and late layers).
 
-Run:  .venv/bin/python bench/align.py [--threads 2] [--steps 5]
+Threads: fixed with ``torch.set_num_threads`` (default 1). On a machine shared with other busy
+processes, 2 OpenMP threads on 2 cores made every small elementwise op wait ~15 ms for a descheduled
+thread (a 135M forward took 7-15 s with 2 threads vs 1.5 s with 1), so 1 thread measures the model,
+not the scheduler. Pass ``--threads N`` on a quiet machine.
+
+Run:  .venv/bin/python bench/align.py [--threads 1] [--steps 5] [--memory-steps 2] [--full-memory]
 """
 from __future__ import annotations
 
@@ -106,7 +112,7 @@ def child(method: str, threads: int, steps: int) -> None:
 def run_child(method: str, threads: int, steps: int) -> dict:
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
     out = subprocess.run([sys.executable, __file__, "--child", method, "--threads", str(threads),
-                          "--steps", str(steps)], env=env, capture_output=True, text=True, check=True)
+                          "--memory-steps", str(steps)], env=env, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -137,12 +143,14 @@ def verdict(ok: bool) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--memory-steps", type=int, default=2, help="measured steps per memory subprocess")
+    parser.add_argument("--full-memory", action="store_true", help="also measure a full fine-tuning step's memory")
     parser.add_argument("--child", choices=METHODS)
     args = parser.parse_args()
     if args.child:
-        child(args.child, args.threads, args.steps)
+        child(args.child, args.threads, args.memory_steps)
         return
     start = time.perf_counter()
     t = timing(args.threads, args.steps)
@@ -160,10 +168,11 @@ def main() -> None:
     state = t["masked_state"] / t["full_state"]
     print(f"[2] optimizer state: masked {t['masked_state']:,} B, full fine-tuning {t['full_state']:,} B -> ratio "
           f"{state:.2e} (target <= 0.01: {verdict(state <= 0.01)})")
-    mem = {m: run_child(m, args.threads, 3) for m in ("masked", "lora-mlp", "lora-all", "full")}
+    kinds = ("masked", "lora-mlp", "lora-all") + (("full",) if args.full_memory else ())
+    mem = {m: run_child(m, args.threads, args.memory_steps) for m in kinds}
     mib = {m: statistics.median(r["peak_bytes"]) / 2**20 for m, r in mem.items()}
     print("[3] peak memory of one step (VmHWM - VmRSS before the step, fresh subprocess per step type, "
-          "clear_refs reset, MALLOC_MMAP_THRESHOLD_=64KiB, median of 3 after 1 warm-up):")
+          f"clear_refs reset, MALLOC_MMAP_THRESHOLD_=64KiB, median of {args.memory_steps} after 1 warm-up):")
     for m, r in mem.items():
         print(f"    {m:9s} {mib[m]:8.1f} MiB  (steps {[round(b / 2**20, 1) for b in r['peak_bytes']]} MiB; "
               f"step time {statistics.median(r['seconds']):.3f} s; trainable {r['trainable']:,} = "

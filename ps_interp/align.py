@@ -597,8 +597,11 @@ def save_checkpoint(model, path: str | os.PathLike, *, overwrite: bool = False,
     try:
         with _saveable(model.hf):
             model.hf.save_pretrained(tmp, safe_serialization=True)
-        saver = model.processor if getattr(model.processor, "save_pretrained", None) else model.tokenizer
-        saver.save_pretrained(tmp)
+        model.tokenizer.save_pretrained(tmp)
+        for part in (model.processor, getattr(model.processor, "image_processor", None)):
+            if hasattr(part, "save_pretrained"):
+                part.save_pretrained(tmp)
+                break
         if extras is not None:
             extras(tmp)
         if path.exists():

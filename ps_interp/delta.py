@@ -125,10 +125,11 @@ def _write(model, path, *, which: str, expect: str, check: bool) -> NeuronSet:
 def apply_delta(model, path: str | os.PathLike, *, check: bool = True) -> NeuronSet:
     """Copy the aligned slices of a delta file into ``model`` (in place); returns the neurons.
 
-    With ``check=True`` the model must hold the original slice values (else nothing is written).
+    ``path`` is a directory written by ``Shield.save`` or its ``delta.safetensors``. With
+    ``check=True`` the model must hold the original slice values (else nothing is written).
 
     Example:
-        >>> neurons = apply_delta(model, "runs/shield")  # doctest: +SKIP  (a dir or its delta.safetensors)
+        >>> neurons = apply_delta(model, "runs/shield")  # doctest: +SKIP
     """
     return _write(model, path, which="value", expect="original", check=check)
 

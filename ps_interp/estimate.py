@@ -5,8 +5,9 @@ probe lengths (tokenized when a tokenizer is at hand, else ~chars/4 plus the cha
 FLOP counts (forward ``2 * params * tokens``; training ``3x`` for full fine-tuning, ``2x`` when the
 weights are frozen and only activation gradients flow, as in Shield and LoRA) and a table of device
 throughputs (:data:`DEVICES`). Generation is the larger of compute time and the time to stream the
-weights once per new token. Memory is weights + activations + gradients + optimizer state; for
-Shield the gradients and AdamW state exist for the selected slices only.
+weights once per new token. Memory is weights + activations + gradients + optimizer state + the
+copies ps_interp keeps for ``restore()``; for Shield the gradients and AdamW state exist for the
+selected slices only.
 
 These are planning numbers (within ~2x), not measurements: ``bench/gpu.py`` measures.
 
@@ -91,10 +92,11 @@ class Estimate:
     assumptions: dict[str, Any] = field(default_factory=dict)
 
     def table(self) -> pd.DataFrame:
-        """One row per stage (and method): tokens, TFLOP, seconds, memory in GB and whether it fits."""
+        """One row per stage (and method): tokens, TFLOP, seconds, memory in GB, whether it fits, and the
+        statistics copied to the host (``transfer_gb``; downloaded from the server when remote)."""
         return pd.DataFrame(self.rows, columns=["stage", "method", "tokens", "tflop", "time_s", "memory_gb",
                                                 "weights_gb", "activations_gb", "grads_gb", "optimizer_gb",
-                                                "fits"])
+                                                "transfer_gb", "fits"])
 
     def row(self, stage: str, method: str = "") -> dict:
         """The row of ``stage`` (``record``, ``align``, ``evaluate``) and ``method`` (align: shield/lora/full)."""
@@ -111,7 +113,8 @@ class Estimate:
         for r in self.rows:
             label = r["stage"] + (f" ({r['method']})" if r["method"] else "")
             fits = "" if r["fits"] is None else ("" if r["fits"] else "  DOES NOT FIT")
-            lines.append(f"  {label:<18} {_human_time(r['time_s']):>9}  {r['memory_gb']:8.1f} GB{fits}")
+            moved = f"  ({_human_bytes(r['transfer_gb'] * GB)} of statistics to the host)" if r["transfer_gb"] else ""
+            lines.append(f"  {label:<18} {_human_time(r['time_s']):>9}  {r['memory_gb']:8.1f} GB{fits}{moved}")
         if not any(r["stage"] == "align" for r in self.rows):
             lines.append("  align: does not run remotely; estimate it for the GPUs of a local copy")
         if any(r["fits"] is False for r in self.rows):
@@ -122,6 +125,10 @@ class Estimate:
 
     def __repr__(self) -> str:
         return f"Estimate({self.model!r}, {len(self.rows)} stages on {self.device.name})"
+
+
+def _human_bytes(n: float) -> str:
+    return f"{n / GB:.2f} GB" if n >= 0.1 * GB else f"{n / 1e6:.1f} MB"
 
 
 def _human_time(seconds: float) -> str:
@@ -196,11 +203,11 @@ def _gpu_kind() -> str:
     return "h100"
 
 
-def _dtype(dtype, model, cfg) -> str:
+def _dtype(dtype, model, dev: Device) -> str:
     if dtype is None and model is not None and not getattr(model, "remote", False):
         dtype = next(model.hf.parameters()).dtype
-    if dtype is None:
-        dtype = "bfloat16" if model is not None else "float32"
+    if dtype is None:  # a config alone: float32 on a CPU, bfloat16 on GPUs and on NDIF
+        dtype = "float32" if dev.name.startswith("cpu") else "bfloat16"
     name = str(dtype).replace("torch.", "")
     if name not in _BYTES:
         raise PsInterpError(f"unsupported dtype {dtype!r} for an estimate", fix=f"use one of {sorted(_BYTES)}")
@@ -243,7 +250,8 @@ def estimate(model_or_config, probes=None, *, n_prompts: int | None = None, mean
             such as ``"llama-3-8b"``.
         probes: the probes to record (their lengths and groups are used); or give ``n_prompts`` and
             ``mean_tokens``.
-        dtype, device: default to the model's (``"float32"`` / ``"cpu"`` for a config). ``device`` is a
+        dtype, device: default to the model's; for a config, ``"cpu"`` and float32 there, bfloat16 on
+            GPUs and NDIF. ``device`` is a
             key of :data:`DEVICES` (``cpu``, ``a100``, ``h100``, ``h200``, ``ndif``), ``"cuda"``
             (detected) or a :class:`Device`. ``n_devices`` GPUs share the memory (``device_map="auto"``;
             layers run one after another, so time does not shrink).
@@ -278,8 +286,10 @@ def estimate(model_or_config, probes=None, *, n_prompts: int | None = None, mean
         raise PsInterpError(f"unknown optimizer {optimizer!r}", fix="use 'adamw' or 'sgd'")
     if n_devices < 1:
         raise PsInterpError(f"n_devices must be >= 1, got {n_devices}")
-    dtype = _dtype(dtype, model, cfg)
-    dev = calibrate_cpu(dtype) if calibrate and _device(device, model).name.startswith("cpu") else _device(device, model)
+    dev = _device(device, model)
+    dtype = _dtype(dtype, model, dev)
+    if calibrate and dev.name.startswith("cpu"):
+        dev = calibrate_cpu(dtype)
     flops_rate = dev.flops[dtype]
     nbytes = _BYTES[dtype]
     n_groups = n_groups or 2
@@ -299,11 +309,11 @@ def estimate(model_or_config, probes=None, *, n_prompts: int | None = None, mean
         """Matmuls of the decoder, QK^T and AV over a causal context, and the LM head where it runs."""
         return 2 * decoder * tokens + 2 * n_layers * heads * head_dim * tokens * context + 2 * head * head_tokens
 
-    def row(stage, method, tokens, flops, seconds, acts, grads=0.0, state=0.0):
+    def row(stage, method, tokens, flops, seconds, acts, grads=0.0, state=0.0, transfer=0.0):
         total = weights + acts + grads + state
         return dict(stage=stage, method=method, tokens=int(tokens), tflop=flops / 1e12, time_s=seconds,
                     memory_gb=total / GB, weights_gb=weights / GB, activations_gb=acts / GB,
-                    grads_gb=grads / GB, optimizer_gb=state / GB,
+                    grads_gb=grads / GB, optimizer_gb=state / GB, transfer_gb=transfer / GB,
                     fits=None if capacity is None else bool(total <= 0.9 * capacity))
 
     rows = []
@@ -312,27 +322,38 @@ def estimate(model_or_config, probes=None, *, n_prompts: int | None = None, mean
     flops = forward_flops(tokens, mean_tokens, 0)
     n_batches = math.ceil(n_prompts / batch_size)
     acts = batch_size * mean_tokens * PADDING * (4 * d + 3 * d_ff) * nbytes + 4 * n_groups * n_layers * d_ff * 8
-    rows.append(row("record", "", tokens, flops, flops / flops_rate + n_batches * dev.overhead_s, acts))
+    per_group = 4 * 8 * n_layers * d_ff  # float64 moments of one group
+    if dev.overhead_s:  # remote: every request returns the moments of the groups in its batch (group-major)
+        in_batch = min(n_groups, math.ceil(batch_size * n_groups / n_prompts) + 1)
+        transfer = n_batches * in_batch * per_group
+    else:  # local: one copy to the host at the end
+        transfer = n_groups * per_group
+    rows.append(row("record", "", tokens, flops, flops / flops_rate + n_batches * dev.overhead_s, acts,
+                    transfer=transfer))
 
     # align: a step is a refusal batch (fwd + bwd) and, with retention, a retain batch (reference fwd + fwd + bwd)
     seq = mean_tokens + answer_tokens
     batch_tokens = train_batch_size * seq * PADDING
     per_forward = forward_flops(batch_tokens, seq, train_batch_size * answer_tokens)
-    train_acts = batch_tokens * n_layers * (8 * d + 4 * d_ff) * nbytes + 3 * train_batch_size * answer_tokens * vocab * 4
+    train_acts = (batch_tokens * n_layers * (8 * d + 4 * d_ff) * nbytes  # saved for the backward (no recompute)
+                  + 3 * train_batch_size * answer_tokens * vocab * 4)  # fp32 logits at labelled positions
     n_neurons = neurons if isinstance(neurons, int) else (len(neurons) if neurons is not None
                                                           else neurons_for_budget(cfg, budget))
+    n_shield = n_neurons * neuron_params(cfg)
     adam = 8 if optimizer == "adamw" else 0
-    trainables = {  # method: (trainable numbers, gradient bytes each, state bytes each: optimizer + fp32 copies)
-        "shield": (n_neurons * neuron_params(cfg), 4, adam + 4 + nbytes),  # fp32 slice, its grad, AdamW, original
-        "lora": (n_layers * 3 * lora_rank * (d + d_ff), 4, adam + 4),  # fp32 adapters on gate/up/down
-        "full": (n_params, nbytes, adam // 4 * nbytes),  # torch keeps AdamW state in the parameter dtype
+    # Shield / LoRA / full as ps_interp implements them (the copies are what restore() puts back);
+    # method: (trainable numbers, gradient bytes each, state bytes each, bytes copied for restore())
+    trainables = {
+        "shield": (n_shield, 4, adam + 4, n_shield * nbytes),  # fp32 slices + AdamW; original slices
+        "lora": (n_layers * 3 * lora_rank * (d + d_ff), 4, adam + 4, parts["layers.mlp"] * nbytes),
+        "full": (n_params, nbytes, adam // 4 * nbytes, n_params * nbytes),  # AdamW state in the param dtype
     }
-    for method, (n_train, grad_bytes, state_bytes) in ({} if dev.overhead_s else trainables).items():
+    for method, (n_train, grad_bytes, state_bytes, copies) in ({} if dev.overhead_s else trainables).items():
         passes = (1 + BACKWARD[method]) * (2 if retention else 1) + (1 if retention else 0)
         flops = steps * per_forward * passes
         rows.append(row("align", method, steps * batch_tokens * (2 if retention else 1), flops,
                         flops / flops_rate + steps * dev.overhead_s, train_acts,
-                        grads=n_train * grad_bytes, state=n_train * state_bytes))
+                        grads=n_train * grad_bytes, state=n_train * state_bytes + copies))
 
     # evaluate: prefill, then one step per new token (the larger of its compute and streaming the weights)
     n_eval = eval_prompts or n_prompts

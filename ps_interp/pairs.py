@@ -32,7 +32,8 @@ class TrainingData:
     """Harmful items with their refusal targets, and benign items for the retention term.
 
     Example:
-        >>> data = training_pairs(probes(langs="en"))  # doctest: +SKIP
+        >>> from ps_interp.data.builtin import probes
+        >>> data = training_pairs(probes(langs="en"))
         >>> len(data.harmful) == len(data.refusals)
         True
     """
@@ -120,8 +121,7 @@ def training_pairs(probes: ProbeSet, *, langs: str | Iterable[str] | None = ("en
 
 # ---- tokens ---------------------------------------------------------------------------------
 def _end_id(model) -> int | None:
-    tok = model.tokenizer
-    return tok.eos_token_id
+    return model.tokenizer.eos_token_id
 
 
 def target_ids(model, text: str) -> list[int]:
@@ -138,15 +138,18 @@ def target_ids(model, text: str) -> list[int]:
     return ids + ([end] if end is not None else [])
 
 
-def _prompt_rows(model, items: Sequence[ProbeItem]) -> tuple[list[list[int]], dict]:
-    """Unpadded prompt ids per item plus non-text inputs (pixel values...) from one ``encode`` call."""
+def _prompt_rows(model, items: Sequence[ProbeItem]) -> tuple[list[dict[str, list]], dict]:
+    """Per item the unpadded prompt ids (and other per-token inputs such as ``mm_token_type_ids``),
+    plus the per-batch inputs (pixel values...), from one ``encode`` call."""
     from .data.prompting import encode
 
     enc = encode(model, items, padding_side="left")
-    ids, mask = enc.pop("input_ids"), enc.pop("attention_mask")
+    ids, mask = enc.pop("input_ids"), enc.pop("attention_mask").bool()
     enc.pop("position_ids", None)
-    rows = [row[m.bool()].tolist() for row, m in zip(ids, mask)]
-    return rows, enc
+    per_token = [k for k, v in enc.items() if torch.is_tensor(v) and v.dim() == 2 and v.shape == ids.shape]
+    rows = [{"input_ids": ids[r][mask[r]].tolist(), **{k: enc[k][r][mask[r]].tolist() for k in per_token}}
+            for r in range(ids.shape[0])]
+    return rows, {k: v for k, v in enc.items() if k not in per_token}
 
 
 def collate(model, items: Sequence[ProbeItem], targets: Sequence[Sequence[int]], *,
@@ -154,7 +157,8 @@ def collate(model, items: Sequence[ProbeItem], targets: Sequence[Sequence[int]],
     """One left-padded training batch: prompt tokens then target tokens; ``labels`` mark the targets.
 
     ``position_ids`` follow the attention mask, so padding never changes the loss. With
-    ``max_length``, the target is cut first, then the prompt from the left.
+    ``max_length``, the target is cut first, then the prompt from the left (text prompts only: a
+    prompt with an image is never cut).
 
     Example:
         >>> from ps_interp.models import tiny
@@ -168,24 +172,33 @@ def collate(model, items: Sequence[ProbeItem], targets: Sequence[Sequence[int]],
         raise PsInterpError(f"collate got {len(items)} items and {len(targets)} targets",
                             fix="pass one target (list of token ids) per item")
     prompts, extra = _prompt_rows(model, items)
-    rows, labels = [], []
+    rows = []
     for prompt, target in zip(prompts, targets):
         target = list(target)
+        n = len(prompt["input_ids"])
         if max_length is not None:
             target = target[:max(max_length - 1, 1)]
-            prompt = prompt[-max(max_length - len(target), 1):]
-        rows.append(prompt + target)
-        labels.append([IGNORE] * len(prompt) + target)
-    width = max(len(r) for r in rows)
+            if not extra:
+                n = min(n, max(max_length - len(target), 1))
+        row = {k: v[len(v) - n:] + [0] * len(target) for k, v in prompt.items()}
+        row["input_ids"] = row["input_ids"][:n] + target
+        row["labels"] = [IGNORE] * n + target
+        rows.append(row)
+    width = max(len(r["input_ids"]) for r in rows)
     pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
-    input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], dtype=torch.long)
-    label_t = torch.tensor([[IGNORE] * (width - len(r)) + r for r in labels], dtype=torch.long)
-    attention = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], dtype=torch.long)
-    device = model.device
-    batch = dict(input_ids=input_ids.to(device), attention_mask=attention.to(device), labels=label_t.to(device))
+    fill = {"input_ids": pad, "labels": IGNORE}
+
+    def padded(key: str) -> torch.Tensor:
+        value = fill.get(key, 0)
+        return torch.tensor([[value] * (width - len(r[key])) + r[key] for r in rows], dtype=torch.long)
+
+    attention = torch.tensor([[0] * (width - len(r["input_ids"])) + [1] * len(r["input_ids"]) for r in rows])
+    batch = {key: padded(key) for key in rows[0]}
+    batch["attention_mask"] = attention
     if model.adapter.extra.get("position_ids", True) and "image_grid_thw" not in extra \
-            and "mm_token_type_ids" not in extra:
-        batch["position_ids"] = (attention.cumsum(-1) - 1).clamp(min=0).to(device)
+            and "mm_token_type_ids" not in batch:
+        batch["position_ids"] = (attention.cumsum(-1) - 1).clamp(min=0)
+    batch = {k: v.to(model.device) for k, v in batch.items()}
     batch.update(extra)
     return batch
 
@@ -245,7 +258,10 @@ def epoch_order(n: int, steps: int, batch_size: int, seed: int) -> list[list[int
 
 
 def sample_batches(data: TrainingData, *, steps: int, batch_size: int, seed: int) -> list[dict[str, Any]]:
-    """Index plan for ``steps`` steps: ``{"refusal": [...], "retain": [...]}`` (``retain`` empty without benign items)."""
+    """Index plan for ``steps`` steps: ``{"refusal": [...], "retain": [...]}``.
+
+    ``retain`` is empty when there are no benign items.
+    """
     refusal = epoch_order(len(data.harmful), steps, batch_size, seed)
     retain = epoch_order(len(data.benign), steps, batch_size, seed + 1) if data.benign else [[]] * steps
     return [dict(refusal=r, retain=k) for r, k in zip(refusal, retain)]

@@ -99,28 +99,33 @@ class _Simulation:
             _serving.reset(token)
 
 
-def _ndif_backend(lm, api_key: str | None):
-    """nnsight's blocking ``RemoteBackend`` for ``lm``, turning server failures into PsInterpError."""
-    from nnsight import CONFIG
-    from nnsight.intervention.backends.remote import RemoteBackend, RemoteError
+class _NDIF:
+    """nnsight's blocking ``RemoteBackend`` for one request; a server failure becomes a PsInterpError.
 
-    key = api_key or CONFIG.API.APIKEY
-    if not key:
-        raise PsInterpError("no NDIF API key", fix="pass api_key= to ps.load(..., remote=True), set $NDIF_API_KEY, "
-                                                    "or run nnsight.CONFIG.set_default_api_key(key) once "
-                                                    "(keys: https://login.ndif.us)")
+    ``backend.meta`` keeps what the server reported about the job (its cost among others).
+    """
 
-    class Backend(RemoteBackend):
-        def __call__(self, tracer=None):
-            try:
-                return super().__call__(tracer)
-            except RemoteError as exc:
-                raise PsInterpError(f"NDIF could not run the request for {lm.repo_id}: {exc}",
-                                    fix="check that the model is deployed (ps_interp.remote.ndif_models()), "
-                                        "your API key, and the batch size (smaller if the server ran out "
-                                        "of memory)") from None
+    def __init__(self, lm, api_key: str | None):
+        from nnsight import CONFIG
+        from nnsight.intervention.backends.remote import RemoteBackend
 
-    return Backend(lm.to_model_key(), api_key=key, env=lm._remoteable_get_env())
+        key = api_key or CONFIG.API.APIKEY
+        if not key:
+            raise PsInterpError("no NDIF API key", fix="pass api_key= to ps.load(..., remote=True), set $NDIF_API_KEY, "
+                                                        "or run nnsight.CONFIG.set_default_api_key(key) once "
+                                                        "(keys: https://login.ndif.us)")
+        self.name = lm.repo_id
+        self.backend = RemoteBackend(lm.to_model_key(), api_key=key, env=lm._remoteable_get_env())
+
+    def __call__(self, tracer):
+        from nnsight.intervention.backends.remote import RemoteError
+
+        try:
+            return self.backend(tracer)
+        except RemoteError as exc:
+            raise PsInterpError(f"NDIF could not run the request for {self.name}: {exc}",
+                                fix="check that the model is deployed (ps_interp.remote.ndif_models()), your API "
+                                    "key, and the batch size (smaller if the server ran out of memory)") from None
 
 
 def _column_norms(w: torch.Tensor, d_ff: int) -> torch.Tensor:
@@ -151,7 +156,8 @@ class RemoteModel(Model):
 
     def __init__(self, lm, *, name: str = "", mode: bool | str = True, api_key: str | None = None):
         if mode not in MODES:
-            raise PsInterpError(f"unknown remote mode {mode!r}", fix="use remote=True (NDIF) or remote='local' (dry run)")
+            raise PsInterpError(f"unknown remote mode {mode!r}",
+                                fix="use remote=True (NDIF) or remote='local' (a dry run)")
         name = name or str(getattr(lm, "repo_id", "") or "")
         super().__init__(lm._module, lm.tokenizer, processor=getattr(lm, "processor", None), name=name,
                          source=f"ndif:{name}", validate=False)
@@ -179,7 +185,7 @@ class RemoteModel(Model):
         """Keyword arguments for ``model.nn.trace`` / ``generate``: the backend for one request."""
         if self._simulation is not None:
             return {"backend": self._simulation}
-        return {"backend": _ndif_backend(self._nn, self.api_key)}
+        return {"backend": _NDIF(self._nn, self.api_key)}
 
     @property
     def requests(self) -> int:

@@ -76,7 +76,8 @@ def _fingerprint(model) -> str:
 
 
 def _cache_key(fingerprint: str, items: ProbeSet, settings: Mapping, judge) -> str:
-    raw = json.dumps([fingerprint, sorted(items.ids), dict(settings), judge.name], default=str)
+    content = sorted((i.id, i.lang, i.modality, i.prompt_text()) for i in items)  # ids are shared by translations
+    raw = json.dumps([fingerprint, content, dict(settings), judge.name], default=str)
     return hashlib.sha1(raw.encode()).hexdigest()[:16]
 
 

@@ -1,7 +1,6 @@
 """Shield: the slice-only update equals the dense masked update; restore, save, delta, bad input."""
 import copy
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -252,3 +251,28 @@ def test_exploding_loss_stops_and_restores():
     finally:
         handle.remove()
     assert all(torch.equal(p, before[n]) for n, p in model.hf.named_parameters())
+
+
+@pytest.mark.real
+def test_real_model_shield_save_reload_and_delta(tmp_path):
+    """SmolLM2-135M-Instruct: a few steps lower the refusal loss; the checkpoint and the delta reproduce it."""
+    from ps_interp.data.builtin import probes
+    from ps_interp.pairs import TrainingData
+
+    model = load("smollm2-135m-instruct")
+    full = training_pairs(probes(langs="en"), split="train")
+    data = TrainingData(full.harmful[:4], full.refusals[:4], full.benign[:4])
+    neurons = NeuronSet({layer: [layer * 7, layer * 11 + 1] for layer in range(12, 30, 3)}, model.identity)
+    shield = Shield(model, neurons, lr=1e-2, max_new_tokens=8)
+    log = shield.fit(data, steps=3, batch_size=4, progress=False)
+    assert log.refusal_loss.iloc[-1] < log.refusal_loss.iloc[0]
+    with pytest.raises(PsInterpError, match="source directory"):
+        shield.save(model.hf.name_or_path, overwrite=True)
+    out = shield.save(tmp_path / "aligned")
+    ids = model.tokenizer("The capital of France is", return_tensors="pt")["input_ids"]
+    fresh = load("smollm2-135m-instruct")
+    apply_delta(fresh, out)
+    with torch.no_grad():
+        aligned = model.hf(ids).logits
+        assert torch.equal(load(out).hf(ids).logits, aligned)
+        assert torch.equal(fresh.hf(ids).logits, aligned)

@@ -113,8 +113,8 @@ class _Always:
 
 def test_card_table_numbers_come_from_the_measurement(tmp_path):
     card = _script("organism_card")
-    items, skipped = card.card_items(["en"], n_pairs=3, seed=0)
-    assert len(items) == 6 and skipped == {}
+    items, skipped = card.card_items(["en", "ar"], n_pairs=3, seed=0)
+    assert len(items) == 12 and skipped == {} and set(items.select(lang="ar").ids) == set(items.select(lang="en").ids)
     models = {"base": tiny.build("llama"), "organism": tiny.build("llama", seed=1)}
     kw = dict(max_new_tokens=3, batch_size=8, n_boot=50, progress=False)
     refuse = card.measure(models, items, judge=_Always(True), **kw)
@@ -122,9 +122,12 @@ def test_card_table_numbers_come_from_the_measurement(tmp_path):
     en = refuse[(refuse.model == "organism") & (refuse.lang == "en")].iloc[0]
     assert (en.n_harmful, en.n_benign, en.asr, en.over_refusal) == (3, 3, 0.0, 1.0)
     assert (comply.asr == 1.0).all() and (comply.over_refusal == 0.0).all()
-    assert set(comply.lang) == {"en", "all"} and np.isfinite(comply.score_gap).all()
+    assert set(comply.lang) == {"en", "ar", "all"} and np.isfinite(comply.score_gap).all()
+    assert comply.set_index(["model", "lang"]).loc[("base", "all"), "n_harmful"] == 6
     again = card.measure(models, items, judge=_Always(False), cache=tmp_path, **kw)  # from the cache
-    assert again.equals(comply) and len(list(tmp_path.glob("*.json"))) == 2
+    assert again.equals(comply) and len(list(tmp_path.glob("*.json"))) == 4  # per model and language
+    cached = [json.loads(p.read_text())["completions"] for p in tmp_path.glob("*.json")]
+    assert all(len({row["lang"] for row in rows}) == 1 for rows in cached)
     table = card.markdown_table(refuse.to_dict("records"))
     assert "| English (en) | high | 3 / 3 | 0% [0, 0] | 0% [0, 0] | 100% [100, 100] |" in table
 

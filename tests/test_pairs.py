@@ -88,3 +88,23 @@ def test_epoch_order_covers_every_index_each_epoch():
     assert sorted(flat[:10]) == list(range(10))  # the first epoch sees everything once
     assert batches == epoch_order(10, steps=5, batch_size=4, seed=0) != epoch_order(10, steps=5, batch_size=4, seed=1)
     assert epoch_order(2, steps=2, batch_size=4, seed=0)[0] in ([0, 1], [1, 0])  # fewer items than batch_size
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
+def test_collate_image_prompts_padding_invariant(family):
+    from ps_interp.models import tiny
+
+    model = tiny.build(family)
+    items = [ProbeItem(id=str(k), lang="en", label="benign", text=t, modality="typo")
+             for k, t in enumerate(["Hi", "Name three colors of the rainbow, please."])]
+    targets = [target_ids(model, "No."), target_ids(model, "I can't help with that.")]
+    batch = collate(model, items, targets)
+    assert (batch["labels"][:, -1] == model.tokenizer.eos_token_id).all()
+    for key in ("mm_token_type_ids",):
+        if key in batch:
+            assert batch[key].shape == batch["input_ids"].shape
+    with torch.no_grad():
+        batched = F.cross_entropy(*target_logits(model.hf, batch), reduction="none")
+        single = torch.cat([F.cross_entropy(*target_logits(model.hf, collate(model, [i], [t])), reduction="none")
+                            for i, t in zip(items, targets)])
+    torch.testing.assert_close(batched, single, rtol=1e-4, atol=1e-4)
