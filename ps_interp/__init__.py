@@ -11,6 +11,7 @@ from .budget import neurons_for_budget, param_budget
 from .data import LANGS, ProbeItem, ProbeSet, load_probes, probes
 from .delta import apply_delta
 from .errors import MissingDependencyError, PsInterpError
+from .estimate import Estimate, estimate
 from .evaluate import Evaluation, evaluate
 from .identify import identify
 from .intervene import ablate, causal_check, refusal_score
@@ -20,6 +21,7 @@ from .neurons import ModelIdentity, NeuronSet
 from .overlap import overlap
 from .pairs import training_pairs
 from .record import record
+from .remote import RemoteModel, remote_model
 from .stats import ActivationStats
 from .transfer import leave_one_language_out, transfer
 
@@ -30,4 +32,5 @@ __all__ = ["Shield", "full_finetune", "layer_neurons_baseline", "lora_baseline",
            "apply_delta", "MissingDependencyError", "PsInterpError", "Evaluation", "evaluate", "identify", "ablate",
            "causal_check", "refusal_score", "ClassifierJudge", "RefusalKeywords", "Adapter", "Model", "load",
            "register_adapter", "supported_architectures", "wrap", "ModelIdentity", "NeuronSet", "overlap",
-           "training_pairs", "record", "ActivationStats", "leave_one_language_out", "transfer"]
+           "training_pairs", "record", "ActivationStats", "leave_one_language_out", "transfer", "Estimate", "estimate",
+           "RemoteModel", "remote_model"]

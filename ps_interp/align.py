@@ -117,8 +117,17 @@ def _check_grad_mode() -> None:
 
 
 def check_trainable(model) -> None:
-    """Raise unless ``model`` can be trained (no inference mode, no inference tensors)."""
+    """Raise unless ``model`` can be trained (local weights, none offloaded, no inference mode or tensors)."""
+    from .remote import require_local
+
     _check_grad_mode()
+    require_local(model, "train")
+    offloaded = [name for name, p in model.hf.named_parameters() if p.is_meta]
+    if offloaded:
+        raise PsInterpError(f"{model.name}: {len(offloaded)} parameters are offloaded by accelerate to the CPU or "
+                            f"disk (e.g. {offloaded[0]}), so they cannot be trained",
+                            fix="load with a device_map that keeps every layer on a GPU (more GPUs, max_memory=, "
+                                "or dtype='bfloat16'); record, identify and evaluate work with offloaded layers")
     if any(p.is_inference() for p in model.hf.parameters()):
         raise PsInterpError(f"{model.name} was created under torch.inference_mode; its weights cannot be trained",
                             fix="load the model outside `with torch.inference_mode():`")

@@ -20,6 +20,7 @@ from .asr import asr_table
 from .data.prompting import encode, encode_texts
 from .errors import PsInterpError
 from .generate import generate
+from .intervene import last_logits
 from .judges import RefusalKeywords
 
 
@@ -61,9 +62,17 @@ def next_token_logprobs(model, probes, *, batch_size: int = 16) -> torch.Tensor:
     with torch.inference_mode():
         for s in range(0, len(items), batch_size):
             batch = encode(model, items[s:s + batch_size])
-            logits = model.hf(**batch, use_cache=False).logits[:, -1].float()
+            logits = last_logits(model, batch).float()
             out.append(torch.log_softmax(logits, -1).cpu())
     return torch.cat(out) if out else torch.empty(0)
+
+
+def nll_sums(logits: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """``[sum of next-token NLL, number of predicted tokens]`` of a right-padded batch (float64)."""
+    target = input_ids[:, 1:].to(logits.device)
+    mask = attention_mask[:, 1:].to(logits.device).bool()
+    nll = torch.nn.functional.cross_entropy(logits[:, :-1].float().transpose(1, 2), target, reduction="none")
+    return torch.stack([nll[mask].double().sum(), mask.sum().double()])
 
 
 def perplexity(model, texts: list[str], *, batch_size: int = 16) -> float:
@@ -78,12 +87,13 @@ def perplexity(model, texts: list[str], *, batch_size: int = 16) -> float:
                 enc = tok(chunk, return_tensors="pt", padding=True).to(model.device)
             finally:
                 tok.padding_side = side
-            logits = model.hf(**enc, use_cache=False).logits[:, :-1].float()
-            target = enc["input_ids"][:, 1:]
-            mask = enc["attention_mask"][:, 1:].bool()
-            nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, reduction="none")
-            total += float(nll[mask].sum())
-            count += int(mask.sum())
+            if getattr(model, "remote", False):  # reduced on the server: two numbers come back
+                nll, n = model.reduce_logits(dict(enc), nll_sums, enc["input_ids"], enc["attention_mask"]).tolist()
+            else:
+                nll, n = nll_sums(model.hf(**enc, use_cache=False).logits, enc["input_ids"],
+                                  enc["attention_mask"]).tolist()
+            total += nll
+            count += int(n)
     return float(np.exp(total / max(count, 1)))
 
 

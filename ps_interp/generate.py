@@ -40,9 +40,13 @@ def generate(model, prompts, *, max_new_tokens: int = 64, batch_size: int = 16, 
         batch = (encode_texts(model, chunk, system_prompt=system_prompt) if is_text
                  else encode(model, chunk, system_prompt=system_prompt))
         batch.pop("position_ids", None)  # generate() derives positions from the attention mask
+        kw = dict(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos,
+                  pad_token_id=model.tokenizer.pad_token_id)
         with torch.inference_mode(), ctx:
-            seqs = model.hf.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos,
-                                     pad_token_id=model.tokenizer.pad_token_id)
+            if getattr(model, "remote", False):  # generated on the server; only the token ids come back
+                seqs = model.generate_ids(batch, **kw)
+            else:
+                seqs = model.hf.generate(**batch, **kw)
         new = seqs[:, batch["input_ids"].shape[1]:]
         for i, row in zip(idx, new):
             out[i] = model.tokenizer.decode(row, skip_special_tokens=True).strip()

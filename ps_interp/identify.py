@@ -139,8 +139,7 @@ def saliency(ctx: ScoreContext) -> Scored:
     harm, ben, meta = _contrast(ctx)
     stats = ctx.stats
     if ctx.model is not None:
-        w = torch.stack([ctx.model.down_weight(layer).detach().float().norm(dim=0).double().cpu()
-                         for layer in stats.layers])
+        w = ctx.model.down_norms(stats.layers)
         meta["weight"] = "||W_down[:, i]||_2"
     else:
         w = torch.ones(len(stats.layers), stats.d_ff, dtype=torch.float64)
@@ -291,7 +290,9 @@ def _attribution_sums(model, items, batch_size: int, objective: str) -> torch.Te
     refusal score (minus log P(compliance opening)) with ``objective="score"``."""
     from .data.prompting import encode
     from .intervene import _index_table, _lse, last_logits, opening_tokens
+    from .remote import require_local
 
+    require_local(model, "hooks")
     total = torch.zeros(model.n_layers, model.d_ff, dtype=torch.float64)
     was_training = model.hf.training
     model.hf.eval()
@@ -326,7 +327,7 @@ def _attribution_sums(model, items, batch_size: int, objective: str) -> torch.Te
                     handle.remove()
             mask = batch["attention_mask"].to(torch.float64)[..., None]
             for layer, grad in zip(layers, grads):
-                total[layer] += (acts[layer].double() * grad.double() * mask).sum((0, 1)).cpu()
+                total[layer] += (acts[layer].double() * grad.double() * mask.to(grad.device)).sum((0, 1)).cpu()
     finally:
         model.hf.train(was_training)
     return total

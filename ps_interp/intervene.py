@@ -117,6 +117,8 @@ def opening_tokens(model, lang: str, *, openings: Mapping | None = None) -> Open
 # ---- forward helpers ---------------------------------------------------------------------------
 def last_logits(model, batch: Mapping[str, Any]) -> torch.Tensor:
     """Logits ``[B, V]`` at the last position of a left-padded batch (the LM head on that position only)."""
+    if getattr(model, "remote", False):  # computed on the server; only [B, V] comes back
+        return model.last_logits(batch)
     try:
         out = model.hf(**batch, use_cache=False, logits_to_keep=1)
     except TypeError:  # a model class without logits_to_keep
@@ -308,6 +310,9 @@ def ablate(model, neurons: NeuronSet, mode: str = "zero", stats=None, group=None
         >>> bool(ablated < refusal_score(p.model, p.probes).score.mean())
         True
     """
+    from .remote import require_local
+
+    require_local(model, "hooks")  # hooks on a remote model's local skeleton would never run
     _check_model(model, neurons)
     values = _fill_values(neurons, mode, stats, group)
     handles = []

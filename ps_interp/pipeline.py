@@ -41,6 +41,7 @@ def run_study(cfg: RunConfig) -> Path:
 
     from . import plots
     from .data import probes as builtin_probes
+    from .estimate import estimate
     from .figio import export_session, save_figure
     from .identify import identify
     from .intervene import causal_check
@@ -62,6 +63,8 @@ def run_study(cfg: RunConfig) -> Path:
     log.stage("load")
 
     probe_split = probes.select(split="probe").require_nonempty("probe split")
+    print(estimate(model, probe_split, batch_size=cfg.batch_size, steps=cfg.steps,
+                   train_batch_size=cfg.train_batch_size, max_new_tokens=cfg.max_new_tokens), flush=True)
     stats = record(model, probe_split, position=cfg.position, batch_size=cfg.batch_size, autocast=cfg.autocast,
                    system_prompt=cfg.system_prompt, checkpoint=folder / "stats" / "checkpoint")
     stats.save(folder / "stats" / "probe")

@@ -23,7 +23,7 @@ import torch
 
 from .data.prompting import encode
 from .errors import PsInterpError
-from .stats import ActivationStats
+from .stats import MOMENTS, ActivationStats
 
 POSITIONS = ("last", "mean", "all", "image", "text")
 
@@ -51,14 +51,17 @@ def reduce_site(h: torch.Tensor, weights: torch.Tensor, onehot: torch.Tensor, pe
     """Per-group moments ``[4, G, F]`` (sum, sumsq, sumabs, npos) of site activations ``h [B, T, F]``.
 
     ``per_token=False``: each prompt is one sample, the weighted sum of its positions;
-    ``per_token=True``: each selected token is a sample.
+    ``per_token=True``: each selected token is a sample. ``weights`` and ``onehot`` move to
+    ``h``'s device (layers may sit on different GPUs, or on a remote server).
     """
+    one_position = not per_token and bool((weights.count_nonzero(1) <= 1).all())  # decided where weights live
+    weights, onehot = weights.to(h.device), onehot.to(h.device)
     if per_token:
         x = h.double()
         gw = torch.einsum("bg,bt->gbt", onehot, weights)
         return torch.stack([torch.einsum("gbt,btf->gf", gw, v)
                             for v in (x, x * x, x.abs(), (x > 0).double())])
-    if (weights.count_nonzero(1) <= 1).all():  # one position per prompt: gather instead of a weighted sum
+    if one_position:  # one position per prompt: gather instead of a weighted sum
         pos = weights.argmax(1)
         v = h[torch.arange(h.shape[0], device=h.device), pos].double() * weights.sum(1, keepdim=True)
     else:
@@ -72,17 +75,19 @@ def _sample_counts(weights: torch.Tensor, onehot: torch.Tensor, per_token: bool)
 
 
 def _trace_batch(model, batch: dict, layers: list[int], weights, onehot, per_token: bool) -> list[torch.Tensor]:
-    """One nnsight trace: read each site in forward order, reduce inside, stop after the last layer."""
+    """One nnsight trace: read each site in forward order, reduce inside, stop after the last layer.
+
+    The body references only envoys, tensors and ``reduce_site`` (never ``model``), so it runs
+    unchanged on a remote server (``model.trace_options``, see :mod:`ps_interp.remote`).
+    """
     import nnsight
 
-    last = max(layers)
-    with model.nn.trace(**batch) as tracer:
+    sites = [model.site_envoy(layer) for layer in layers]
+    with model.nn.trace(**batch, **getattr(model, "trace_options", {})) as tracer:
         out = nnsight.save([])
-        for layer in layers:
-            h = model.site_envoy(layer).input
-            out.append(reduce_site(h, weights, onehot, per_token))
-        if last < model.n_layers:
-            tracer.stop()
+        for site in sites:
+            out.append(reduce_site(site.input, weights, onehot, per_token))
+        tracer.stop()
     return list(out)
 
 
@@ -128,7 +133,10 @@ BACKENDS = {"nnsight": _trace_batch, "hooks": _hook_batch}
 
 def _batches(model, probes, batch_size: int) -> list[list[int]]:
     """Deterministic batches of similar length (less padding; padding never changes a result)."""
-    keys = [(it.modality != "text", len(it.prompt_text()), i) for i, it in enumerate(probes)]
+    # A remote model gets group-major batches: each request then returns the moments of ~1 group.
+    by_group = getattr(model, "remote", False)
+    keys = [(it.modality != "text", it.group if by_group else (), len(it.prompt_text()), i)
+            for i, it in enumerate(probes)]
     order = [k[-1] for k in sorted(keys)]
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
@@ -170,6 +178,10 @@ def record(model, probes, *, position: str = "last", layers: list[int] | None = 
     if not layers or layers[0] < 0 or layers[-1] >= model.n_layers:
         raise PsInterpError(f"layers {layers} out of range", fix=f"use layers in 0..{model.n_layers - 1}")
     backend = backend or getattr(model, "backend", "nnsight")
+    if backend != "nnsight" and getattr(model, "remote", False):
+        from .remote import require_local
+
+        require_local(model, "hooks")
     if backend == "lens":
         from .backends.lens import lens_batch_fn
 
@@ -206,6 +218,11 @@ def record(model, probes, *, position: str = "last", layers: list[int] | None = 
     last_save = time.monotonic()
     was_training = model.hf.training
     model.hf.eval()
+    # Running float64 totals ([4, G, F] per layer) live on each layer's own device and are copied into
+    # `stats` only at checkpoints and at the end; adding in batch order keeps resumed runs bit-identical.
+    totals: dict[int, torch.Tensor] = {}
+    count = stats.count.to(dev, copy=True)
+
     try:
         bar = tqdm(total=len(batches), initial=start, desc=f"record ({position})", disable=not progress,
                    unit="batch")
@@ -213,23 +230,38 @@ def record(model, probes, *, position: str = "last", layers: list[int] | None = 
             items = [probes[i] for i in batches[bi]]
             batch = encode(model, items, system_prompt=system_prompt, padding_side=padding_side)
             weights = position_weights(batch, position, model.image_token_id)
-            onehot = torch.zeros(len(items), len(groups), dtype=torch.float64, device=dev)
-            onehot[torch.arange(len(items)), torch.tensor([gindex[it.group] for it in items])] = 1.0
+            present = sorted({gindex[it.group] for it in items})  # reduce over the batch's own groups only
+            column = {g: i for i, g in enumerate(present)}
+            onehot = torch.zeros(len(items), len(present), dtype=torch.float64, device=dev)
+            onehot[torch.arange(len(items)), torch.tensor([column[gindex[it.group]] for it in items])] = 1.0
             with torch.inference_mode(), ctx:
                 reduced = batch_fn(model, batch, layers, weights, onehot, per_token)
-            counts = _sample_counts(weights, onehot, per_token)
+            index = torch.tensor(present)
+            count.index_add_(0, index.to(dev), _sample_counts(weights, onehot, per_token).to(dev))
             for pos, red in enumerate(reduced):
-                stats.add_reduced(pos, red.double(), counts if pos == 0 else None)
+                if pos not in totals:
+                    totals[pos] = torch.stack([stats.moments[m][:, pos] for m in MOMENTS]).to(red.device)
+                totals[pos].index_add_(1, index.to(red.device), red.double())
             bar.update(1)
             if ckpt and (time.monotonic() - last_save > checkpoint_every) and bi + 1 < len(batches):
+                _store(stats, totals, count)
                 _save_checkpoint(ckpt, stats, bi + 1, fp)
                 last_save = time.monotonic()
         bar.close()
+        _store(stats, totals, count)
     finally:
         model.hf.train(was_training)
     if ckpt:
         _save_checkpoint(ckpt, stats, len(batches), fp)
     return stats
+
+
+def _store(stats: ActivationStats, totals: dict[int, torch.Tensor], count: torch.Tensor) -> None:
+    """Copy the running totals (on the layers' devices) into ``stats`` (on the host): one copy per layer."""
+    for pos, total in totals.items():
+        for i, name in enumerate(MOMENTS):
+            stats.moments[name][:, pos] = total[i].to(stats.moments[name].device)
+    stats.count.copy_(count.to(stats.count.device))
 
 
 def _save_checkpoint(ckpt: Path, stats: ActivationStats, done: int, fp: str) -> None:

@@ -58,16 +58,27 @@ def _dtype(dtype):
 
 
 def load(source: str | os.PathLike = DEFAULT_MODEL, *, dtype=None, device_map=None, backend: str = "nnsight",
-         **hf_kwargs) -> Model:
+         remote: bool | str = False, api_key: str | None = None, **hf_kwargs) -> Model:
     """Load a model by name, local directory, HF id (offline when the files are local) or ``.gguf`` file.
 
     A GGUF is dequantized once and cached as safetensors, so the second load is fast.
+    ``remote=True``: the Hugging Face repo ``source`` as served by NDIF (only its config and tokenizer
+    are fetched; traces run there, see :mod:`ps_interp.remote`); ``remote="local"`` is a dry run of
+    that path on a local directory.
 
     Example:
         >>> model = load("smollm2-135m-instruct")  # doctest: +SKIP
+        >>> big = load("meta-llama/Llama-3.1-70B-Instruct", remote=True, api_key="...")  # doctest: +SKIP
     """
     if backend not in ("nnsight", "lens"):
         raise PsInterpError(f"unknown backend {backend!r}", fix="use backend='nnsight' or 'lens'")
+    if remote:
+        if backend != "nnsight" or dtype is not None or device_map is not None:
+            raise PsInterpError("remote=True runs on the server's copy: dtype, device_map and backend are its own",
+                                fix="drop dtype=, device_map= and backend= (or load a local copy without remote)")
+        from ..remote import remote_model
+
+        return remote_model(str(source), api_key=api_key, mode=remote, **hf_kwargs)
     dtype = _dtype(dtype)
     key = str(source)
     if key in NAMED:

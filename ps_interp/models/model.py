@@ -8,6 +8,7 @@ Example:
 """
 from __future__ import annotations
 
+import contextlib
 from functools import cached_property
 
 import torch
@@ -25,6 +26,18 @@ def get_path(root, path: str):
     for part in path.split("."):
         obj = obj[int(part)] if part.isdigit() else getattr(obj, part)
     return obj
+
+
+@contextlib.contextmanager
+def _materialized(module: torch.nn.Module):
+    """Within the block, a module offloaded by accelerate (weights on ``meta``) holds its real weights."""
+    if any(p.is_meta for p in module.parameters(recurse=False)) and hasattr(module, "_hf_hook"):
+        from accelerate.utils import align_module_device
+
+        with torch.inference_mode(False), align_module_device(module):
+            yield
+    else:
+        yield
 
 
 class Model:
@@ -99,6 +112,25 @@ class Model:
         """Output weights of the neurons of ``layer`` as ``[d_model, d_ff]``."""
         w = self.site_module(layer).weight
         return w if w.shape[-1] == self.d_ff else w.T  # GPT-2 Conv1D stores [d_ff, d_model]
+
+    def down_norms(self, layers=None) -> torch.Tensor:
+        """``||W_down[:, i]||_2`` as ``[len(layers), d_ff]`` float64 on the CPU (all layers by default).
+
+        Layers that accelerate offloaded to the CPU or disk (``device_map``) are read from their offload
+        map one at a time; a remote model computes this on its server.
+
+        Example:
+            >>> from ps_interp.models import tiny
+            >>> tiny.build("llama").down_norms([1]).shape
+            torch.Size([1, 128])
+        """
+        layers = range(self.n_layers) if layers is None else layers
+        rows = []
+        for layer in layers:
+            module = self.site_module(layer)
+            with _materialized(module):
+                rows.append(self.down_weight(layer).detach().float().norm(dim=0).double().cpu())
+        return torch.stack(rows)
 
     def neuron_params(self, layer: int) -> list[tuple[str, torch.nn.Parameter, int]]:
         """(qualified name, parameter, neuron axis) for every parameter slice of a neuron in ``layer``."""
