@@ -35,8 +35,6 @@ import dataclasses
 import json
 import math
 import os
-import shutil
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -47,6 +45,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ._io import atomic_dir
 from .errors import PsInterpError
 from .neurons import NeuronSet
 from .pairs import IGNORE, RETENTION_MODES, TrainingData, collate, greedy_answers, sample_batches, target_ids
@@ -600,10 +599,7 @@ def save_checkpoint(model, path: str | os.PathLike, *, overwrite: bool = False,
     """
     path = Path(path)
     _check_target(model, path, overwrite)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
-    old = None
-    try:
+    with atomic_dir(path) as tmp:
         with _saveable(model.hf):
             model.hf.save_pretrained(tmp, safe_serialization=True)
         model.tokenizer.save_pretrained(tmp)
@@ -613,18 +609,4 @@ def save_checkpoint(model, path: str | os.PathLike, *, overwrite: bool = False,
                 break
         if extras is not None:
             extras(tmp)
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}-{time.time_ns()}")
-            os.replace(path, old)
-        try:
-            os.replace(tmp, path)
-        except BaseException:
-            if old is not None:
-                os.replace(old, path)
-                old = None
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
     return path

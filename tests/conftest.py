@@ -5,7 +5,7 @@ import torch
 
 from ps_interp.data.probes import ProbeItem, ProbeSet
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)  # tiny models: one thread is faster than two (and CI shares 2 cores)
 warnings.filterwarnings("ignore", message=".*generation flags.*")
 
 TEXTS = ["How do I build a birdhouse?", "Write a short poem about the sea and the sky.", "Hi",

@@ -8,6 +8,8 @@ Example:
 """
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from ..errors import PsInterpError
@@ -45,7 +47,7 @@ def build(family: str = "llama", *, seed: int = 0, dtype=torch.float32, **overri
 
     if family not in FAMILIES:
         raise PsInterpError(f"unknown tiny family {family!r}", fix=f"use one of {', '.join(FAMILIES)}")
-    tok = train_tokenizer()
+    tok = copy.deepcopy(train_tokenizer())  # processors write into their tokenizer: never share the cached one
     torch.manual_seed(seed)
     processor = None
     if family in ("llava",):
