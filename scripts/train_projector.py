@@ -2,7 +2,9 @@
 
 Data: typographic (``typo``) and ``mixed`` images of the built-in **train** split, all ten languages
 (90 items x 2 modalities x 10 languages = 1800 images; ``--per-group N`` takes the first N items of
-each language x modality). The probe and test splits are never read (checked).
+each language x modality). ``--val-pairs`` pairs of the train split (in every language and
+modality) are held out: the transcription loss on ``--val-images`` of their images is measured
+before and after training. The probe and test splits are never read (checked).
 
 Objective: next-token **transcription**. The prompt is the model's own chat format with the image
 and a fixed instruction (:data:`INSTRUCTION`); the target is the text drawn in the image (the
@@ -12,13 +14,17 @@ in the image readable to the frozen language model, and teaches no behaviour: no
 answers. Whatever the model then does with an image request (refuse, comply) comes from the
 language model's own text-trained behaviour, which is what the cross-modal study measures.
 (Matching the model's own answers to the text prompt would also train its reactions into the
-projector, and costs a second forward per example.)
+projector, and costs a second forward per example.) A cheaper warm-up tried here, aligning image
+tokens with the LM's word embeddings of the transcript without an LM pass (1.5 min), left the
+validation loss worse after the same number of transcription steps (3.83 vs 3.56 after 24-25
+steps, from 4.04) and was dropped.
 
 Cost on a shared 2-core CPU: the frozen DINOv2 features of every image are computed once (one
 torch thread: 5-7x faster here than two) and cached under ``cache_dir()/vlm_features``; a step
 then runs only the projector and the language model on ~140 tokens per example, and the LM head
 only on the target positions. ``--minutes`` caps the training loop by wall time (the run records
-where it stopped); ``--minutes 0`` runs exactly ``--steps`` steps, reproducibly for a seed.
+where it stopped; the cosine learning-rate decay follows whichever of steps and minutes runs out
+first); ``--minutes 0`` runs exactly ``--steps`` steps, reproducibly for a seed.
 
 Usage:
     python scripts/train_projector.py                  # real parts -> ps_interp/assets/smollm2-dinov2-llava
@@ -47,9 +53,9 @@ from ps_interp.models.loading import cache_dir
 INSTRUCTION = "Read the text in the image."
 DEFAULTS = dict(minutes=15.0, steps=600, batch_size=8, lr=1e-3, warmup=10, max_target_tokens=32, seed=0,
                 threads=1, per_group=0, langs=",".join(LANGS), modalities="typo,mixed", val_pairs=3,
-                val_images=48, align_minutes=2.0, align_steps=400)
+                val_images=48)
 TINY = dict(minutes=1.0, steps=3, batch_size=2, per_group=3, langs="en,zh", max_target_tokens=8, val_pairs=1,
-            val_images=4, align_steps=2)
+            val_images=4)
 
 
 def target_text(item) -> str:
@@ -132,11 +138,15 @@ def compute_features(model, items, *, batch_size: int = 16, cache: Path | None =
 
 
 def batch_loss(model, projector, feats: torch.Tensor, prompt: list[int], image_slice: slice,
-               targets: list[list[int]]) -> torch.Tensor:
-    """Mean cross-entropy of the targets after ``prompt`` with the projected ``feats`` in its image slot.
+               targets: list[list[int]], *, per_example: bool = True) -> torch.Tensor:
+    """Cross-entropy of the targets after ``prompt`` with the projected ``feats`` in its image slot.
 
-    Right padding; the LM head runs only on the positions that predict a target token. Equals
-    ``LlavaForConditionalGeneration``'s loss on the same sequences (tested).
+    ``per_example=True`` (training): the mean over examples of each example's mean token loss, so an
+    English image (~12 target tokens) weighs as much as a Thai one (~100 tokens, cut to 32); a plain
+    token mean let the long scripts dominate and the projector answered every image in Thai.
+    ``per_example=False``: the token mean, which equals ``LlavaForConditionalGeneration``'s loss on
+    the same sequences (tested). Right padding; the LM head runs only on the positions that predict a
+    target token.
     """
     hf = model.hf
     dev = model.device
@@ -156,35 +166,18 @@ def batch_loss(model, projector, feats: torch.Tensor, prompt: list[int], image_s
     embeds = torch.cat([embeds[:, :image_slice.start], image, embeds[:, image_slice.stop:]], dim=1)
     hidden = hf.model.language_model(inputs_embeds=embeds, attention_mask=mask, use_cache=False).last_hidden_state
     logits = hf.lm_head(hidden[:, P - 1:P - 1 + T]).float()
-    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
+    nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="none")
+    valid = (labels != -100).float()
+    if per_example:
+        return ((nll * valid).sum(1) / valid.sum(1)).mean()
+    return (nll * valid).sum() / valid.sum()
 
 
-def align_loss(model, projector, feats: torch.Tensor, token_sets: list[list[int]], *, tau: float = 0.1,
-               norm_weight: float = 0.1) -> torch.Tensor:
-    """Warm-up objective without a language-model pass: every token of the transcript should be matched
-    by some image token, in the LM's own (input) embedding space.
-
-    ``score[b, w] = logsumexp_t cos(P[b, t], E[w]) / tau`` over the image tokens ``t``; cross-entropy of
-    each transcript token ``w`` against the batch's other tokens; plus ``norm_weight`` times the squared
-    relative gap between image-token norms and the mean word-embedding norm.
-    """
-    emb = model.hf.get_input_embeddings().weight
-    vocab = sorted({w for ts in token_sets for w in ts})
-    index = {w: i for i, w in enumerate(vocab)}
-    E = emb[vocab].detach()
-    P = projector(feats.to(model.device, emb.dtype))
-    sim = torch.einsum("btd,cd->btc", torch.nn.functional.normalize(P, dim=-1),
-                       torch.nn.functional.normalize(E, dim=-1)) / tau
-    logp = torch.log_softmax(torch.logsumexp(sim, dim=1), dim=-1)  # [B, C]
-    nll = torch.stack([-logp[b, [index[w] for w in set(ts)]].mean() for b, ts in enumerate(token_sets)]).mean()
-    scale = emb.detach().norm(dim=-1).mean()
-    return nll + norm_weight * ((P.norm(dim=-1) / scale - 1) ** 2).mean()
-
-
-def _lr(step: int, steps: int, warmup: int, lr: float) -> float:
+def _lr(step: int, progress: float, warmup: int, lr: float) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine decay with ``progress`` in [0, 1]."""
     if step < warmup:
         return lr * (step + 1) / warmup
-    return lr * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, steps - warmup))))
+    return lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
 def split_validation(items, val_pairs: int, seed: int) -> tuple[list, list]:
@@ -195,7 +188,8 @@ def split_validation(items, val_pairs: int, seed: int) -> tuple[list, list]:
 
 
 def _run_stage(name, loss_fn, n_items, *, projector, steps, minutes, batch_size, lr, warmup, seed, progress):
-    """A seeded, time-capped AdamW loop over shuffled index batches; returns (losses, stopped_by, seconds)."""
+    """A seeded, time-capped AdamW loop over shuffled index batches (each item once per epoch); returns
+    (losses, stopped_by, seconds)."""
     from tqdm.auto import tqdm
 
     opt = torch.optim.AdamW(projector.parameters(), lr=lr, weight_decay=0.0)
@@ -205,16 +199,19 @@ def _run_stage(name, loss_fn, n_items, *, projector, steps, minutes, batch_size,
     start = time.monotonic()
     bar = tqdm(total=steps, desc=name, disable=not progress)
     for step in range(steps):
-        if minutes > 0 and time.monotonic() - start > minutes * 60:
+        used = time.monotonic() - start
+        if minutes > 0 and used > minutes * 60:
             stopped = "minutes"
             break
+        # schedule progress: steps done or time used, whichever is further (time only when capped)
+        progress_ = max(step / steps, used / (minutes * 60) if minutes > 0 else 0.0)
         if len(order) < batch_size:
             epoch = list(range(n_items))
             gen.shuffle(epoch)
             order += epoch
         idx, order = order[:batch_size], order[batch_size:]
         for group in opt.param_groups:
-            group["lr"] = _lr(step, steps, warmup, lr)
+            group["lr"] = _lr(step, progress_, warmup, lr)
         loss = loss_fn(idx)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -229,8 +226,7 @@ def _run_stage(name, loss_fn, n_items, *, projector, steps, minutes, batch_size,
 
 def train(out: Path, *, tiny: bool = False, minutes: float, steps: int, batch_size: int, lr: float, warmup: int,
           max_target_tokens: int, seed: int, threads: int, per_group: int, langs: str, modalities: str,
-          val_pairs: int, val_images: int, align_minutes: float, align_steps: int,
-          use_cache: bool = True, progress: bool = True) -> Path:
+          val_pairs: int, val_images: int, use_cache: bool = True, progress: bool = True) -> Path:
     """Train a fresh projector and save it to ``out``; returns ``out``."""
     t0 = time.monotonic()
     torch.set_num_threads(threads)
@@ -263,23 +259,15 @@ def train(out: Path, *, tiny: bool = False, minutes: float, steps: int, batch_si
             return None
         with torch.no_grad():
             per = [float(batch_loss(model, projector, val_feats[s:s + batch_size].float(), prompt, image_slice,
-                                    val_targets[s:s + batch_size])) * sum(map(len, val_targets[s:s + batch_size]))
+                                    val_targets[s:s + batch_size])) * len(val_targets[s:s + batch_size])
                    for s in range(0, len(val), batch_size)]
-        return round(sum(per) / sum(map(len, val_targets)), 4)
+        return round(sum(per) / len(val), 4)
 
     val_before = validate()
-    stages = {}
-    if align_steps > 0:
-        words = [[w for w in t if w != model.tokenizer.eos_token_id] or t for t in targets]
-        losses, stopped, secs = _run_stage(
-            "align", lambda idx: align_loss(model, projector, feats[idx].float(), [words[i] for i in idx]),
-            len(items), projector=projector, steps=align_steps, minutes=align_minutes, batch_size=4 * batch_size,
-            lr=lr, warmup=warmup, seed=seed, progress=progress)
-        stages["align"] = _stage_meta(losses, stopped, secs, 4 * batch_size, len(items), align_steps, align_minutes)
     losses, stopped, secs = _run_stage("transcribe", transcribe, len(items), projector=projector, steps=steps,
                                        minutes=minutes, batch_size=batch_size, lr=lr, warmup=warmup, seed=seed,
                                        progress=progress)
-    stages["transcribe"] = _stage_meta(losses, stopped, secs, batch_size, len(items), steps, minutes)
+    stages = {"transcribe": _stage_meta(losses, stopped, secs, batch_size, len(items), steps, minutes)}
     n_pairs = len({it.meta.get("pair") for it in items})
     meta = {
         "objective": "next-token transcription of the text drawn in the image (see scripts/train_projector.py)",
@@ -288,13 +276,13 @@ def train(out: Path, *, tiny: bool = False, minutes: float, steps: int, batch_si
                  "n_pairs": n_pairs, "per_group": per_group or None,
                  "validation": {"held_out_pairs": val_pairs, "n_images": len(val)}},
         "settings": {"batch_size": batch_size, "lr": lr, "warmup": warmup,
-                     "schedule": "linear warm-up, cosine decay over the stage's steps",
+                     "schedule": "linear warm-up, then cosine decay over max(steps done / steps, time used / minutes)",
                      "optimizer": "AdamW (wd 0), clip 1.0", "max_target_tokens": max_target_tokens, "seed": seed,
                      "threads": threads},
         "image_tokens": n_tokens, "trainable_params": sum(p.numel() for p in projector.parameters()),
         "stages": stages,
         "validation_loss": {"before": val_before, "after": validate(),
-                            "what": "transcription cross-entropy (nats/token) on held-out train pairs"},
+                            "what": "transcription cross-entropy (nats/token, mean per image) on held-out train pairs"},
         "seconds": {"features": round(t_features, 1), "total": round(time.monotonic() - t0, 1)},
         "environment": {"torch": torch.__version__, "python": platform.python_version(),
                         "machine": platform.machine(), "command": " ".join(sys.argv)},

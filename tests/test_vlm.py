@@ -85,9 +85,11 @@ def test_training_loss_equals_llava_loss(tiny_vlm):
     pixels = train._pixels(m, [it.get_image() for it in items])
     feats = vlm.image_features(m, pixels)
     prompt, image_slice = train.prompt_ids(m, 4)
-    targets = [train.target_ids(m, train.target_text(it), 6) for it in items]
+    targets = [train.target_ids(m, train.target_text(it), 2 + 2 * i) for i, it in enumerate(items)]  # lengths differ
     with torch.no_grad():
-        ours = train.batch_loss(m, m.hf.model.multi_modal_projector, feats, prompt, image_slice, targets)
+        ours = train.batch_loss(m, m.hf.model.multi_modal_projector, feats, prompt, image_slice, targets,
+                                per_example=False)
+        per_image = train.batch_loss(m, m.hf.model.multi_modal_projector, feats, prompt, image_slice, targets)
         P, T = len(prompt), max(map(len, targets))
         ids = torch.full((len(items), P + T), m.tokenizer.pad_token_id)
         labels, mask = torch.full_like(ids, -100), torch.zeros_like(ids)
@@ -96,6 +98,10 @@ def test_training_loss_equals_llava_loss(tiny_vlm):
             labels[b, P:P + len(t)], mask[b, :P + len(t)] = torch.tensor(t), 1
         ref = m.hf(input_ids=ids, attention_mask=mask, pixel_values=pixels, labels=labels).loss
     assert abs(float(ours) - float(ref)) < 1e-4
+    singles = [float(train.batch_loss(m, m.hf.model.multi_modal_projector, feats[i:i + 1], prompt, image_slice,
+                                      targets[i:i + 1])) for i in range(len(items))]
+    assert abs(float(per_image) - sum(singles) / len(singles)) < 1e-4  # each image weighs the same
+    assert abs(float(per_image) - float(ours)) > 1e-4
 
 
 def test_training_uses_train_split_only_and_holds_out_pairs():
@@ -116,7 +122,7 @@ def test_train_script_tiny_writes_a_loadable_projector(tmp_path):
     out = train.main(["--tiny", "--out", str(tmp_path / "proj"), "--quiet"])
     state, meta = vlm.read_projector(out)
     assert meta["data"]["split"] == "train" and meta["tiny"] is True
-    assert meta["stages"]["transcribe"]["steps_done"] == 3 and meta["stages"]["align"]["steps_done"] == 2
+    assert meta["stages"]["transcribe"]["steps_done"] == 3
     m = vlm.build_tiny()
     fresh = {k: v.clone() for k, v in m.hf.model.multi_modal_projector.state_dict().items()}
     m.hf.model.multi_modal_projector.load_state_dict(state)
