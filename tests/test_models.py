@@ -89,22 +89,16 @@ def test_missing_gguf_path(tmp_path):
 
 
 def test_gguf_not_installed(monkeypatch, tmp_path):
-    import builtins
+    import sys
 
     fake = tmp_path / "model.gguf"
     fake.write_bytes(b"GGUF")
     monkeypatch.setenv("PS_INTERP_CACHE", str(tmp_path / "cache"))
-    real_import = builtins.__import__
-
-    def no_gguf(name, *args, **kwargs):
-        if name == "gguf" or name.startswith("gguf."):
-            raise ImportError("No module named 'gguf'")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_gguf)
+    monkeypatch.setitem(sys.modules, "gguf", None)  # makes `import gguf` fail, even if it was imported before
     with pytest.raises(MissingDependencyError, match=r"gguf.*pip install 'ps-interp\[gguf\]'"):
         pm.load(fake)
-    assert not (tmp_path / "cache" / "converted").exists() or not any((tmp_path / "cache" / "converted").iterdir())
+    converted = tmp_path / "cache" / "converted"
+    assert not converted.exists() or not any(converted.iterdir())
 
 
 def test_unknown_local_model_gives_clear_error(tmp_path):

@@ -97,9 +97,9 @@ def test_training_loss_equals_llava_loss(tiny_vlm):
             ids[b, :P], ids[b, P:P + len(t)] = torch.tensor(prompt), torch.tensor(t)
             labels[b, P:P + len(t)], mask[b, :P + len(t)] = torch.tensor(t), 1
         ref = m.hf(input_ids=ids, attention_mask=mask, pixel_values=pixels, labels=labels).loss
+        singles = [float(train.batch_loss(m, m.hf.model.multi_modal_projector, feats[i:i + 1], prompt, image_slice,
+                                          targets[i:i + 1])) for i in range(len(items))]
     assert abs(float(ours) - float(ref)) < 1e-4
-    singles = [float(train.batch_loss(m, m.hf.model.multi_modal_projector, feats[i:i + 1], prompt, image_slice,
-                                      targets[i:i + 1])) for i in range(len(items))]
     assert abs(float(per_image) - sum(singles) / len(singles)) < 1e-4  # each image weighs the same
     assert abs(float(per_image) - float(ours)) > 1e-4
 
