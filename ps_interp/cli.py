@@ -21,6 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--config", help="a TOML file (see configs/); default: the embedded default model")
     run.add_argument("--name", help="run name (folder under runs/)")
     run.add_argument("--out", help="output folder for runs (default: runs)")
+    run.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     args = parser.parse_args(argv)
     from .config import RunConfig
     from .pipeline import run_study
@@ -31,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
             cfg.name = args.name
         if args.out:
             cfg.out_dir = args.out
+        if args.threads:
+            cfg.threads = args.threads
         folder = run_study(cfg)
     except PsInterpError as exc:
         print(f"error: {exc}", file=sys.stderr)

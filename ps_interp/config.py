@@ -52,6 +52,7 @@ class RunConfig:
     system_prompt: str | None = None
     out_dir: str = "runs"
     seed: int = 0
+    threads: int | None = None
 
     @classmethod
     def from_dict(cls, data: dict, where: str = "config") -> "RunConfig":

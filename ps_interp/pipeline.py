@@ -52,6 +52,8 @@ def run_study(cfg: RunConfig) -> Path:
     from .transfer import transfer
 
     torch.manual_seed(cfg.seed)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     log = _Log()
     folder = Path(cfg.out_dir) / cfg.name
     for sub in ("stats", "sets", "tables", "figures"):

@@ -9,14 +9,18 @@ before and after training. The probe and test splits are never read (checked).
 Objective: next-token **transcription**. The prompt is the model's own chat format with the image
 and a fixed instruction (:data:`INSTRUCTION`); the target is the text drawn in the image (the
 request for ``typo``, the key phrase for ``mixed``), cut to ``--max-target-tokens`` tokens, then
-``<|im_end|>`` when it was not cut. Why: it asks the projector for one thing only, to make the text
-in the image readable to the frozen language model, and teaches no behaviour: no refusals, no
-answers. Whatever the model then does with an image request (refuse, comply) comes from the
-language model's own text-trained behaviour, which is what the cross-modal study measures.
-(Matching the model's own answers to the text prompt would also train its reactions into the
-projector, and costs a second forward per example.) A cheaper warm-up tried here, aligning image
-tokens with the LM's word embeddings of the transcript without an LM pass (1.5 min), left the
-validation loss worse after the same number of transcription steps (3.83 vs 3.56 after 24-25
+``<|im_end|>`` when it was not cut. The loss is the mean over images of each image's mean token
+cross-entropy: with a plain token mean, Thai and Bengali (~100 tokens per request) dominated and
+after 134 steps the projector answered English images in Thai.
+
+Why transcription: it asks the projector for one thing only, to make the text in the image
+readable to the frozen language model, and teaches no behaviour: no refusals, no answers.
+Whatever the model then does with an image request (refuse, comply) comes from the language
+model's own text-trained behaviour, which is what the cross-modal study measures. (Matching the
+model's own answers to the text prompt would also train its reactions into the projector, and
+costs a second forward per example.) A cheaper warm-up tried here, aligning image tokens with the
+LM's word embeddings of the transcript without an LM pass (1.5 min), left the validation loss
+worse after the same number of transcription steps (token-mean loss 3.83 vs 3.56 after 24-25
 steps, from 4.04) and was dropped.
 
 Cost on a shared 2-core CPU: the frozen DINOv2 features of every image are computed once (one
@@ -51,7 +55,7 @@ from ps_interp.models import vlm
 from ps_interp.models.loading import cache_dir
 
 INSTRUCTION = "Read the text in the image."
-DEFAULTS = dict(minutes=15.0, steps=600, batch_size=8, lr=1e-3, warmup=10, max_target_tokens=32, seed=0,
+DEFAULTS = dict(minutes=15.0, steps=600, batch_size=8, lr=2e-3, warmup=10, max_target_tokens=32, seed=0,
                 threads=1, per_group=0, langs=",".join(LANGS), modalities="typo,mixed", val_pairs=3,
                 val_images=48)
 TINY = dict(minutes=1.0, steps=3, batch_size=2, per_group=3, langs="en,zh", max_target_tokens=8, val_pairs=1,

