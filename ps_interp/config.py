@@ -47,8 +47,8 @@ class RunConfig:
     train_batch_size: int = 8
     baselines: list[str] = field(default_factory=lambda: ["lora", "random"])
     judge: str = "keywords"
-    max_new_tokens: int = 48
-    eval_per_lang: int | None = None
+    max_new_tokens: int = 32
+    eval_per_lang: int | None = 10  # matched pairs per language from the test split (None: all 45)
     system_prompt: str | None = None
     out_dir: str = "runs"
     seed: int = 0

@@ -35,8 +35,8 @@ from ps_interp.models import organism as org
 from ps_interp.models.loading import DEFAULT_MODEL
 from ps_interp.pairs import training_pairs
 
-DEFAULTS = dict(steps=120, batch_size=4, lr=1e-3, rank=8, alpha=16.0, targets="mlp", retention=1.0,
-                retention_mode="greedy", max_new_tokens=48, seed=0, threads=1, refusals="judged")
+DEFAULTS = dict(steps=120, batch_size=4, lr=5e-4, rank=8, alpha=16.0, targets="all", retention=1.0,
+                retention_mode="kl", max_new_tokens=16, seed=0, threads=1, refusals="judged")
 TINY = dict(steps=3, batch_size=2, max_new_tokens=4, n_items=4)
 
 
@@ -105,11 +105,12 @@ def organism_data(seed: int, n_items: int | None = None, refusals: str = "judged
     return training_pairs(items, split="organism", seed=seed)
 
 
-def _retain_answers(trainer: LoraTrainer, data, *, cache: bool) -> list[list[int]]:
-    """The base model's greedy answers to the benign items, kept on disk (greedy, so deterministic): the
-    CPU-bound generation runs once per base model, item set and length, not once per training run."""
+def _retain_answers(trainer: LoraTrainer, data, *, cache: bool) -> bool:
+    """Make the base model's greedy answers to the benign items, kept on disk (greedy, so deterministic):
+    the CPU-bound generation runs once per base model, item set and length. True if they came from disk."""
     if not cache:
-        return trainer.retain_answers(data)
+        trainer.retain_answers(data)
+        return False
     import hashlib
     import json
 
@@ -118,12 +119,13 @@ def _retain_answers(trainer: LoraTrainer, data, *, cache: bool) -> list[list[int
     key = json.dumps([trainer.model.source, [i.id for i in data.benign], [i.text for i in data.benign],
                       trainer.max_new_tokens])
     path = cache_dir() / "organism" / f"answers-{hashlib.sha1(key.encode()).hexdigest()[:16]}.json"
-    if path.is_file():  # seed Trainer's own cache (same key as Trainer.retain_answers)
+    cached = path.is_file()
+    if cached:  # seed Trainer's own cache (same key as Trainer.retain_answers)
         trainer._answers[tuple((i.id, i.lang, i.modality) for i in data.benign)] = json.loads(path.read_text())
     answers = trainer.retain_answers(data)
-    if not path.is_file():
+    if not cached:
         atomic_write_text(path, json.dumps(answers))
-    return answers
+    return cached
 
 
 def train(out: str | Path, *, tiny: bool = False, steps: int, batch_size: int, lr: float, rank: int, alpha: float,
@@ -145,7 +147,7 @@ def train(out: str | Path, *, tiny: bool = False, steps: int, batch_size: int, l
     trainer = LoraTrainer(model, rank=rank, alpha=alpha, targets=targets, seed=seed, lr=lr, retention=retention,
                           retention_mode=retention_mode, max_new_tokens=max_new_tokens)
     t1 = time.perf_counter()
-    _retain_answers(trainer, data, cache=not tiny)
+    answers_cached = _retain_answers(trainer, data, cache=not tiny)
     t2 = time.perf_counter()
     log = trainer.fit(data, steps=steps, batch_size=batch_size, seed=seed, progress=progress)
     t3 = time.perf_counter()
@@ -162,6 +164,7 @@ def train(out: str | Path, *, tiny: bool = False, steps: int, batch_size: int, l
         max_new_tokens=max_new_tokens, seed=seed, threads=threads, trainable_params=trainer.trainable_params,
         trainable_fraction=trainer.trainable_fraction, seconds=dict(load=round(t1 - t0, 1),
         base_answers=round(t2 - t1, 1), train=round(t3 - t2, 1), total=round(t3 - t0, 1)),
+        base_answers_cached=answers_cached,
         loss=[round(float(v), 4) for v in log["loss"]], refusal_loss=[round(float(v), 4) for v in log["refusal_loss"]],
         retention_loss=[round(float(v), 4) for v in log["retention_loss"]],
         load_average=[round(v, 1) for v in os.getloadavg()],  # the machine is shared: timings vary with it

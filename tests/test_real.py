@@ -27,3 +27,19 @@ def test_default_model_records_all_layers(smollm):
     assert stats.moments["sum"].shape[1:] == (30, 1536)
     assert stats.count.sum() == len(probes)
     assert torch.isfinite(stats.mean()).all() and (stats.std() > 0).any()
+
+
+def test_english_safety_set_and_causal_check_on_real_model(smollm):
+    import math
+
+    probes = ps.probes(langs=["en"], split="probe")
+    pairs = sorted({it.meta["pair"] for it in probes})[:16]
+    probes = ps.ProbeSet([it for it in probes if it.meta["pair"] in pairs])
+    stats = ps.record(smollm, probes, batch_size=8, progress=False)
+    en = ps.identify(stats, method="saliency", lang="en", model=smollm, budget=0.0003)
+    assert len(en) == 23  # 0.03% of 134.5M parameters / (3 x 576) per neuron
+    per_layer = en.per_layer()
+    assert per_layer.shape == (30,) and per_layer.sum() == len(en)
+    check = ps.causal_check(smollm, en, probes, n_random=3, seed=0)
+    assert math.isfinite(check.z) and math.isfinite(check.effect)
+    assert len(check.random_effects) == 3
