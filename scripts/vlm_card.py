@@ -5,7 +5,8 @@ Three measurements, each on the test split of the built-in set (never seen in tr
 1. **Transcription** (``--gen-pairs`` pairs per language, i.e. 2x that many typographic images): the
    model is asked the training instruction about the ``typo`` image and answers greedily; the
    character similarity (difflib ratio, NFKC + casefold) of its answer to the drawn text, against a
-   chance level: the same answers scored against the text of *another* item of the same language.
+   chance level: the same answers scored against the text of *another* item of the same language;
+   and how many of the answers differ (1 = the same answer whatever the image).
 2. **Image vs text agreement** (same items, ``--modalities`` image kinds): the model answers the image
    prompt (``typo``: the neutral FigStep prompt + the request drawn; ``mixed``: key phrase drawn,
    request rephrased) and the same request as plain text; :class:`~ps_interp.judges.RefusalKeywords`
@@ -116,7 +117,8 @@ def transcription(model, lang: str, pairs, *, instruction: str, max_new_tokens: 
     shift = random.Random(seed).randrange(1, len(items)) if len(items) > 1 else 0
     other = truth[shift:] + truth[:shift]  # another item's text (a derangement)
     return {"n": len(items), "similarity": _mean([similarity(o, t) for o, t in zip(outs, truth)]),
-            "chance": _mean([similarity(o, t) for o, t in zip(outs, other)])}
+            "chance": _mean([similarity(o, t) for o, t in zip(outs, other)]),
+            "distinct_answers": len(set(outs))}
 
 
 def agreement(model, lang: str, pairs, modality: str, *, judge, text_answers, max_new_tokens: int,
@@ -254,16 +256,16 @@ def render_card(numbers: Mapping) -> str:
         f"probe. Greedy decoding, {s['max_new_tokens']} new tokens, judge `{card['judge']}`. Small samples: "
         "one item is 5-10 points.", "",
         "### Transcription and image-vs-text agreement", "",
-        "| language | level | transcription similarity | chance | "
+        "| language | level | transcription similarity | chance | distinct answers | "
         + " | ".join(f"{m}: verdicts agree | {m}: first token agrees | {m}: refusal harmful img / text" for m in mods)
         + " |",
-        "|---|---|---|---|" + "---|---|---|" * len(mods),
+        "|---|---|---|---|---|" + "---|---|---|" * len(mods),
     ]
     for lang in langs:
         row = card["per_lang"][lang]
         tr = row["transcription"]
         cells = [f"{LANG_NAMES.get(lang, lang)} ({lang})", RESOURCE_LEVEL.get(lang, ""), _f(tr["similarity"]),
-                 _f(tr["chance"])]
+                 _f(tr["chance"]), f"{tr['distinct_answers']} of {tr['n']}"]
         for m in mods:
             a = row[m]
             cells += [_f(a["verdict_agreement"], True), _f(a["first_token_agreement"], True),
