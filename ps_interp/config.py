@@ -27,7 +27,7 @@ class RunConfig:
     """Every setting of the main job; the report prints them all."""
 
     name: str = "default"
-    model: str = "smollm2-135m-instruct"
+    model: str = "smollm2-135m-safety-en"  # the English-only safety-tuned organism (base: smollm2-135m-instruct)
     dtype: str | None = None
     device_map: str | None = None
     langs: list[str] = field(default_factory=lambda: ["en", "zh", "it", "vi", "ar", "ko", "th", "bn", "sw", "jv"])
