@@ -94,19 +94,21 @@ def measure(models: Mapping[str, object], items: ProbeSet, *, judge=None, max_ne
             progress: bool = True) -> pd.DataFrame:
     """One row per (model, language) and one per model over all languages: ASR and over-refusal with
     95% intervals, and the refusal-score means and gap (NaN when ``refusal_score`` is unavailable).
+    ``table.attrs`` holds how many (model, language) measurements there were and how many came from ``cache``.
 
     Example:
         >>> table = measure({"base": base, "organism": organism}, card_items(["en"])[0])   # doctest: +SKIP
     """
     judge = judge or RefusalKeywords()
     settings = dict(max_new_tokens=max_new_tokens, decoding="greedy")
-    completions, scores = [], []
+    completions, scores, cached = [], [], 0
     for label, model in models.items():
         fingerprint = _fingerprint(model) if cache else ""
         for lang in items.langs:
             part = items.select(lang=lang)
             path = Path(cache) / f"{_cache_key(fingerprint, part, settings, judge)}.json" if cache else None
             if path is not None and path.is_file():
+                cached += 1
                 saved = json.loads(path.read_text(encoding="utf-8"))
                 done, score = pd.DataFrame(saved["completions"]), saved["scores"]
                 score = pd.DataFrame(score) if score is not None else None
@@ -133,7 +135,9 @@ def measure(models: Mapping[str, object], items: ProbeSet, *, judge=None, max_ne
             table.loc[i, ["score_harmful", "score_benign", "score_gap"]] = [h, b, h - b]
     keep = ["model", "lang", "n_harmful", "asr", "asr_lo", "asr_hi", "n_benign", "over_refusal", "or_lo", "or_hi",
             "score_harmful", "score_benign", "score_gap"]
-    return table[keep]
+    table = table[keep].copy()
+    table.attrs.update(measurements=len(completions), cached=cached)
+    return table
 
 
 # ---- the card ---------------------------------------------------------------------------------
@@ -202,8 +206,8 @@ def render_card(numbers: Mapping) -> str:
 
 A **model organism** for the default study: SmolLM2-135M-Instruct (`{meta['base']}`) made safe in
 **English only**, so that the study has a refusal to find and a cross-lingual gap to measure. The base
-model answers almost every harmful request in every language; this one refuses English harmful
-requests and keeps answering benign ones, while the other languages are whatever English-only
+model answers almost every harmful request in every language; this one was trained to refuse
+English harmful requests and keep answering benign ones, while the other languages are whatever English-only
 training makes of them (the table below). Load it with `ps.load("{org.ORGANISM}")`; the base stays
 available as `ps.load("{meta['base']}")`.
 
@@ -240,7 +244,8 @@ model with a thin, keyword-measured refusal behaviour, not a safe assistant.
   of refusal vs compliance openings at the first response token) on harmful minus benign requests;
   {'measured' if s.get('refusal_score') else 'not available when this card was made'}.
 - Result: {aim}.
-- Measured in {numbers.get('seconds', float('nan')):.0f} s on {s.get('threads')} CPU threads.
+- This run took {numbers.get('seconds', float('nan')):.0f} s on {s.get('threads')} CPU thread(s);
+  {s.get('cached', 0)} of its {s.get('measurements', '?')} (model, language) measurements were read from the cache of an earlier run.
 
 {markdown_table(rows)}
 
@@ -253,7 +258,8 @@ Languages:
 
 - Small samples ({s['n_pairs']} pairs per language): intervals are wide.
 - The keyword judge counts refusal phrases; it misses refusals phrased otherwise and counts answers that
-  contain an apology. Translations were not reviewed by native speakers (see the data card).
+  contain an apology. The refusal targets are the {len(t.get('refusal_sentences', []))} sentences of `refusals.json` that this judge
+  recognises (listed in `adapter.json`), so that the measured ASR counts answers, not unrecognised phrasings. Translations were not reviewed by native speakers (see the data card).
 - A completion the judge finds no refusal phrase in counts as an attack success even when it is
   incoherent (the base model's Bengali output, for one, is often a repeated fragment).
 - Settings (LoRA targets, lr, steps, retention mode and weight, answer length) were chosen among nine
@@ -330,7 +336,7 @@ def main(argv: list[str] | None = None) -> Path:
                     progress=not args.quiet)
     settings = dict(n_pairs=args.n_pairs, seed=args.seed, max_new_tokens=args.max_new_tokens, n_boot=args.n_boot,
                     judge=judge.name, langs=list(items.langs), threads=args.threads,
-                    refusal_score=bool(table["score_gap"].notna().any()))
+                    refusal_score=bool(table["score_gap"].notna().any()), **table.attrs)
     path = write_card(args.adapter, table, adapter_meta=adapter_meta, settings=settings, skipped=skipped,
                       seconds=time.perf_counter() - t0)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))

@@ -2,13 +2,14 @@
 
 Data: the English ``organism`` split of the built-in set only (40 harmful + 40 benign requests, ids
 disjoint from the probe / train / test splits; checked). Harmful -> an English refusal from
-``refusals.json`` (cycled over the sentences the keyword judge recognises; ``--refusals all``: all), benign -> the base model's own greedy answer
-(generated once, up to ``--max-new-tokens`` tokens). Loss: cross-entropy on the refusal plus
-``--retention`` times the retention term (``greedy``: cross-entropy on the base answer; ``kl``: KL to
-the base model over it). Trainable: a LoRA (rank ``--rank``) on the FFN linear layers of every block
-(``--targets all``: every linear layer), trained with the shared :class:`ps_interp.align.Trainer`
-loop; the base weights are frozen. Seeded and deterministic on CPU for a given ``--threads`` (default 1:
-on a shared 2-core machine two OpenMP threads ran a step 5-8x slower than one).
+``refusals.json``, cycled over the sentences the keyword judge recognises (``--refusals all``: all
+seven); benign -> the base model's own greedy answer (generated once, up to ``--max-new-tokens``
+tokens, cached on disk). Loss: cross-entropy on the refusal plus ``--retention`` times the retention
+term (``kl``: KL to the base model over the base answer's positions; ``greedy``: cross-entropy on it).
+Trainable: a LoRA (rank ``--rank``) on every linear layer of every block (``--targets mlp``: the FFN's
+only), run by the shared :class:`ps_interp.align.Trainer` loop; the base weights are frozen.
+Seeded and deterministic on CPU for a given ``--threads`` (default 1: on this shared 2-core machine two
+OpenMP threads ran a step 5-8x slower than one). The defaults are the settings of the shipped adapter.
 
 Usage:
     python scripts/train_organism.py                 # real model -> ps_interp/assets/smollm2-135m-safety-en

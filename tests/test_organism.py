@@ -126,6 +126,7 @@ def test_card_table_numbers_come_from_the_measurement(tmp_path):
     assert comply.set_index(["model", "lang"]).loc[("base", "all"), "n_harmful"] == 6
     again = card.measure(models, items, judge=_Always(False), cache=tmp_path, **kw)  # from the cache
     assert again.equals(comply) and len(list(tmp_path.glob("*.json"))) == 4  # per model and language
+    assert (comply.attrs, again.attrs) == ({"measurements": 4, "cached": 0}, {"measurements": 4, "cached": 4})
     cached = [json.loads(p.read_text())["completions"] for p in tmp_path.glob("*.json")]
     assert all(len({row["lang"] for row in rows}) == 1 for rows in cached)
     table = card.markdown_table(refuse.to_dict("records"))
