@@ -71,3 +71,67 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_shipped_asset(directory: str | os.PathLike, weights: str, meta_name: str, tensors: dict,
+                        meta: dict) -> Path:
+    """Write ``weights`` (safetensors) then ``meta_name`` (JSON with the weights' sha256 and size), each atomically.
+
+    Example:
+        >>> import torch
+        >>> d = write_shipped_asset("/tmp/ps_interp_doc_asset", "w.safetensors", "w.json",
+        ...                         {"x": torch.zeros(2)}, {"format": "demo", "version": 1})
+        >>> read_shipped_asset(d, "w.safetensors", "w.json", fmt="demo", version=1, what="demo",
+        ...                    rebuild="rerun the doctest")[1]["bytes"] > 0
+        True
+    """
+    import json
+
+    from safetensors.torch import save_file
+
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    atomic_write(d / weights, lambda tmp: save_file(tensors, tmp))
+    info = {**meta, "sha256": sha256_file(d / weights), "bytes": (d / weights).stat().st_size}
+    atomic_write_text(d / meta_name, json.dumps(info, indent=1, default=str) + "\n")
+    return d
+
+
+def read_shipped_asset(directory: str | os.PathLike, weights: str, meta_name: str, *, fmt: str, version: int,
+                       what: str, rebuild: str) -> tuple[dict, dict]:
+    """``(tensors, meta)`` of a weights + JSON pair after checking both exist, the format/version and the sha256.
+
+    ``what`` names the asset in errors ("adapter"), ``rebuild`` says how to rebuild it.
+    """
+    import json
+
+    from safetensors.torch import load_file
+
+    from .errors import PsInterpError
+
+    d = Path(directory)
+    if not (d / weights).is_file() or not (d / meta_name).is_file():
+        raise PsInterpError(f"no {what} in {d} (needs {weights} and {meta_name})",
+                            fix=f"reinstall ps-interp, or {rebuild}")
+    try:
+        meta = json.loads((d / meta_name).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise PsInterpError(f"{d / meta_name} is not valid JSON ({exc.msg})", fix=rebuild) from None
+    if meta.get("format") != fmt or meta.get("version") != version:
+        raise PsInterpError(f"{d / meta_name}: format {meta.get('format')!r} v{meta.get('version')} is not "
+                            f"{fmt!r} v{version}", fix=rebuild)
+    if sha256_file(d / weights) != meta.get("sha256"):
+        raise PsInterpError(f"{d / weights} does not match the checksum in {meta_name}",
+                            fix=f"the {what} files are from different runs: {rebuild}")
+    return load_file(str(d / weights)), meta

@@ -20,6 +20,12 @@ on benign prompts: ``retention_mode="kl"`` is ``KL(p_original || p_current)`` ov
 the original model's greedy answer, ``"greedy"`` the cross-entropy on that answer. The original
 model is the current one with the original slices written back (no copy of the model is kept).
 
+Safety neurons sit in late layers, and nothing below the lowest one ever changes: each training
+sequence's residual stream entering that layer is computed once and cached
+(:mod:`ps_interp.prefix`), and every step runs only the layers from there on. The fast path is
+checked against a full forward on the first batch and turned off (with a warning) where it does not
+match; ``fast_prefix=False`` turns it off by hand.
+
 Example:
     >>> import ps_interp as ps
     >>> from ps_interp.align import Shield
@@ -38,7 +44,7 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -86,26 +92,33 @@ def target_logits(hf, part: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torc
 
 
 def batch_losses(hf, batch: dict[str, Any], *, retention: float, mode: str = "kl",
-                 reference: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                 reference: torch.Tensor | None = None, logits_of: Callable | None = None) -> dict[str, torch.Tensor]:
     """``loss = refusal_loss + retention * retention_loss`` for one step's batch.
 
     ``batch = {"refusal": collated, "retain": collated or None}``; ``reference`` holds the original
-    model's :func:`target_logits` on ``batch["retain"]`` (needed for ``mode="kl"``).
+    model's :func:`target_logits` on ``batch["retain"]`` (needed for ``mode="kl"``). ``logits_of(name)``
+    replaces ``target_logits(hf, batch[name])`` (the trainers pass their frozen-prefix fast path).
     """
-    logits, labels = target_logits(hf, batch["refusal"])
+    logits_of = logits_of or (lambda name: target_logits(hf, batch[name]))
+    logits, labels = logits_of("refusal")
     refusal = F.cross_entropy(logits, labels)
     retain = batch.get("retain")
     if retain is None or retention == 0:
         kept = torch.zeros((), device=refusal.device)
     elif mode == "greedy":
-        kept = F.cross_entropy(*target_logits(hf, retain))
+        kept = F.cross_entropy(*logits_of("retain"))
     else:
         if reference is None:
             raise PsInterpError("retention_mode='kl' needs the original model's logits",
                                 fix="pass reference=target_logits(original, batch['retain'])")
-        current, _ = target_logits(hf, retain)
+        current, _ = logits_of("retain")
         kept = F.kl_div(current.log_softmax(-1), reference.log_softmax(-1), log_target=True, reduction="batchmean")
     return dict(loss=refusal + retention * kept, refusal_loss=refusal, retention_loss=kept)
+
+
+def _key(kind: str, item, target) -> tuple:
+    """Names one training sequence (prompt + target tokens) for the frozen-prefix cache."""
+    return (kind, item.id, item.lang, item.modality, item.text, tuple(target))
 
 
 # ---- checks ---------------------------------------------------------------------------------
@@ -162,7 +175,7 @@ class Trainer:
     def __init__(self, model, *, lr: float, retention: float = 1.0, retention_mode: str = "kl",
                  weight_decay: float = 0.0, optimizer: str | Callable = "adamw", autocast: bool | torch.dtype = False,
                  max_grad_norm: float | None = None, explode_factor: float = 1e3, max_new_tokens: int = 32,
-                 max_length: int | None = None):
+                 max_length: int | None = None, fast_prefix: bool = True, cache: dict | None = None):
         check_trainable(model)
         if retention_mode not in RETENTION_MODES:
             raise PsInterpError(f"unknown retention_mode {retention_mode!r}", fix=f"use one of {RETENTION_MODES}")
@@ -182,7 +195,12 @@ class Trainer:
         self._initial_loss: float | None = None
         self._steps = 0
         self._rows: list[dict] = []
-        self._answers: dict[tuple, list[list[int]]] = {}
+        # the original model's greedy answers and frozen-prefix streams: trainers of the same original model
+        # may share them through one ``cache`` dict (ps_interp.transfer does)
+        self._shared = cache
+        self._answers: dict[tuple, list[list[int]]] = {} if cache is None else cache.setdefault("answers", {})
+        self._reference_store: dict = {} if cache is None else cache.setdefault("reference", {})
+        self.fast_prefix, self._prefix = bool(fast_prefix), None
         self.total_params = count_parameters(model.hf)  # before any adapter is added
 
     # -- to define in subclasses --
@@ -237,10 +255,9 @@ class Trainer:
         self._initial_loss = None
 
     def _autocast(self):
-        if not self.autocast:
-            return nullcontext()
-        dtype = self.autocast if isinstance(self.autocast, torch.dtype) else torch.bfloat16
-        return torch.autocast(device_type=self.model.device.type, dtype=dtype)
+        from .precision import autocast_context
+
+        return autocast_context(self.model.device, self.autocast)
 
     def _fail(self, what: str) -> None:
         self.restore()
@@ -257,15 +274,18 @@ class Trainer:
         _check_grad_mode()
         hf = self.model.hf
         retain = batch.get("retain")
+
+        def logits_of(name: str):
+            return self._target_logits(batch[name], batch.get("keys", {}).get(name))
+
         reference = None
         if retain is not None and self.retention and self.retention_mode == "kl":
-            with torch.no_grad(), self._reference(), self._autocast():
-                reference, _ = target_logits(hf, retain)
+            reference = self._reference_logits(retain, batch.get("keys", {}).get("retain"), logits_of)
         failure = None
         with torch.enable_grad(), self._active():
             with self._autocast():
                 losses = batch_losses(hf, batch, retention=self.retention, mode=self.retention_mode,
-                                      reference=reference)
+                                      reference=reference, logits_of=logits_of)
             value = float(losses["loss"].detach())
             limit = self.explode_factor * max(self._initial_loss or 0.0, 1.0)
             if not math.isfinite(value):
@@ -293,10 +313,61 @@ class Trainer:
         return dict(loss=value, refusal_loss=float(losses["refusal_loss"].detach()),
                     retention_loss=float(losses["retention_loss"].detach()), grad_norm=norm)
 
+    # -- the frozen prefix --
+    def first_trained_layer(self) -> int:
+        """Layers below this one never change (0: the whole model trains); subclasses narrow it."""
+        return 0
+
+    @property
+    def prefix(self):
+        """The :class:`~ps_interp.prefix.FrozenPrefix` cache of this trainer, or None (``fast_prefix=False``
+        or nothing to skip)."""
+        if self._prefix is None and self.fast_prefix and self.first_trained_layer() > 0:
+            from .prefix import FrozenPrefix
+
+            start = self.first_trained_layer()
+            shared = None if self._shared is None else self._shared.setdefault(("prefix", start), {})
+            self._prefix = FrozenPrefix(self.model, start, cache=shared)
+        return self._prefix
+
+    def _target_logits(self, part: dict, keys) -> tuple[torch.Tensor, torch.Tensor]:
+        prefix = self.prefix
+        if prefix is None or keys is None or not prefix.applies(part):
+            return target_logits(self.model.hf, part)
+        if prefix.enabled is None:  # checked once, with the weights of the moment (both passes alike)
+            with torch.no_grad():
+                if not prefix.verify(part, keys):
+                    warnings.warn(f"{self.name}: frozen-prefix fast path off ({prefix.why_disabled}); "
+                                  "training runs full forwards", stacklevel=3)
+            if not prefix.enabled:
+                return target_logits(self.model.hf, part)
+        with prefix.tail():
+            return target_logits(self.model.hf, prefix.inputs(part, keys))
+
+    #: the original model's logits on the retention answers are fixed: kept per example up to this many bytes
+    reference_cache_bytes = 1 << 30
+
+    def _reference_logits(self, retain: dict, keys, logits_of) -> torch.Tensor:
+        """The original model's :func:`target_logits` on ``retain``, from the per-example cache where possible."""
+        store = self._reference_store
+        if keys is not None and all(k in store for k in keys):
+            return torch.cat([store[k] for k in keys])
+        with torch.no_grad(), self._reference(), self._autocast():
+            reference, _ = logits_of("retain")
+        if keys is not None:
+            labels = retain["labels"]
+            first = max(int((labels != IGNORE).any(0).nonzero()[0]), 1)
+            counts = (labels[:, first:] != IGNORE).sum(1).tolist()
+            used = sum(t.numel() * t.element_size() for t in store.values())
+            if used + reference.numel() * reference.element_size() <= self.reference_cache_bytes:
+                for k, rows in zip(keys, reference.split(counts)):
+                    store.setdefault(k, rows.detach().clone())
+        return reference
+
     # -- data --
     def retain_answers(self, data: TrainingData) -> list[list[int]]:
         """The original model's greedy answers to ``data.benign`` (generated once, then cached)."""
-        key = tuple((i.id, i.lang, i.modality) for i in data.benign)
+        key = (tuple((i.id, i.lang, i.modality, i.text) for i in data.benign), self.max_new_tokens)
         if key not in self._answers:
             with self._reference():
                 self._answers[key] = greedy_answers(self.model, list(data.benign),
@@ -316,11 +387,13 @@ class Trainer:
         for plan in sample_batches(data, steps=steps, batch_size=batch_size, seed=seed):
             refusal = collate(self.model, [data.harmful[i] for i in plan["refusal"]],
                               [targets[i] for i in plan["refusal"]], max_length=self.max_length)
+            keys = {"refusal": [_key("refusal", data.harmful[i], targets[i]) for i in plan["refusal"]]}
             retain = None
             if answers is not None:
                 retain = collate(self.model, [data.benign[i] for i in plan["retain"]],
                                  [answers[i] for i in plan["retain"]], max_length=self.max_length)
-            yield dict(refusal=refusal, retain=retain)
+                keys["retain"] = [_key("retain", data.benign[i], answers[i]) for i in plan["retain"]]
+            yield dict(refusal=refusal, retain=retain, keys=keys)
 
     def fit(self, data: TrainingData, *, steps: int = 100, batch_size: int = 8, seed: int = 0,
             progress: bool = True):
@@ -408,7 +481,8 @@ class Shield(Trainer):
     def __init__(self, model, neurons: NeuronSet, *, lr: float = 1e-3, retention: float = 1.0,
                  weight_decay: float = 0.0, optimizer: str | Callable = "adamw", autocast: bool | torch.dtype = False,
                  retention_mode: str = "kl", max_grad_norm: float | None = None, explode_factor: float = 1e3,
-                 max_new_tokens: int = 32, max_length: int | None = None):
+                 max_new_tokens: int = 32, max_length: int | None = None, fast_prefix: bool = True,
+                 cache: dict | None = None):
         if not isinstance(neurons, NeuronSet):
             raise PsInterpError(f"Shield needs a NeuronSet, got {type(neurons).__name__}",
                                 fix="identify neurons first (ps_interp.identify) or build a NeuronSet")
@@ -423,9 +497,14 @@ class Shield(Trainer):
         super().__init__(model, lr=lr, retention=retention, retention_mode=retention_mode,
                          weight_decay=weight_decay, optimizer=optimizer, autocast=autocast,
                          max_grad_norm=max_grad_norm, explode_factor=explode_factor,
-                         max_new_tokens=max_new_tokens, max_length=max_length)
+                         max_new_tokens=max_new_tokens, max_length=max_length, fast_prefix=fast_prefix,
+                         cache=cache)
         self.neurons = neurons
         self._slices = self._build_slices()
+
+    def first_trained_layer(self) -> int:
+        """The lowest layer holding a neuron: layers below it are the frozen prefix (computed once per example)."""
+        return min(self.neurons.layers)
 
     def _build_slices(self) -> list[_Slice]:
         slices = []

@@ -34,21 +34,21 @@ class RunConfig:
     modalities: list[str] = field(default_factory=lambda: ["text"])
     position: str = "last"
     batch_size: int = 16
-    autocast: bool = False
+    autocast: bool | str = "auto"  # bf16 where the hardware runs it natively (ps_interp.precision)
     method: str = "saliency"
     rho: float = 0.01
     budget: float | None = 0.0003
     source_langs: list[str] = field(default_factory=lambda: ["en"])
     source_modalities: list[str] = field(default_factory=lambda: ["text"])
     n_random: int = 20
-    steps: int = 60
+    steps: int = 40
     lr: float = 2e-3
     retention: str = "kl"
     train_batch_size: int = 8
     baselines: list[str] = field(default_factory=lambda: ["lora", "random"])
     judge: str = "keywords"
     max_new_tokens: int = 32
-    eval_per_lang: int | None = 10  # matched pairs per language from the test split (None: all 45)
+    eval_per_lang: int | None = 8  # matched pairs per language from the test split (None: all 45)
     system_prompt: str | None = None
     out_dir: str = "runs"
     seed: int = 0
@@ -63,6 +63,9 @@ class RunConfig:
             if key in CHOICES and value not in CHOICES[key]:
                 raise PsInterpError(f"{where}: {key} = {value!r} is not allowed",
                                     fix=f"allowed values: {', '.join(CHOICES[key])}")
+        if "autocast" in data and data["autocast"] not in (True, False, "auto"):
+            raise PsInterpError(f"{where}: autocast = {data['autocast']!r} is not allowed",
+                                fix='allowed values: true, false, "auto"')
         cfg = cls(**data)
         from .data import LANGS
 

@@ -53,12 +53,13 @@ class Device:
     note: str = ""
 
 
-#: Effective (not peak) throughputs. CPU: measured on this project's 2-thread CPU, SmolLM2-135M fp32
-#: forward ~45 GFLOP/s (a plain matmul reached ~90). GPUs: 40% of the dense tensor-core peak
+#: Effective (not peak) throughputs. CPU: measured on this project's 2-thread CPU, idle: recording
+#: SmolLM2-135M in fp32 ran ~140 GFLOP/s (1,200 prompts x 83 tokens in 148 s); bf16 autocast 0.62x of
+#: that (bench/precision.py). Under load from other jobs it fell to ~45. GPUs: 40% of the dense tensor-core peak
 #: (H100 SXM bf16 989 TFLOP/s -> ~400), fp32 without TF32, 70% of the memory bandwidth.
 DEVICES: dict[str, Device] = {
-    "cpu": Device("cpu", {"float32": 45e9, "bfloat16": 25e9, "float16": 10e9}, 10e9, None,
-                  note="2 threads, measured on SmolLM2-135M (fp32); bf16/fp16 on CPUs without AMX are slower"),
+    "cpu": Device("cpu", {"float32": 130e9, "bfloat16": 80e9, "float16": 10e9}, 10e9, None,
+                  note="2 threads, idle, measured on SmolLM2-135M (fp32); bf16 autocast measured 0.62x of fp32"),
     "a100": Device("NVIDIA A100 80GB", {"bfloat16": 125e12, "float16": 125e12, "float32": 8e12}, 1.4e12, 80 * GB,
                    note="40% of 312 TFLOP/s bf16, 70% of 2.0 TB/s"),
     "h100": Device("NVIDIA H100 80GB", {"bfloat16": 400e12, "float16": 400e12, "float32": 27e12}, 2.3e12, 80 * GB,

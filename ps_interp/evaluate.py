@@ -32,6 +32,9 @@ class Evaluation:
     table: pd.DataFrame
     retention: dict = field(default_factory=dict)
     settings: dict = field(default_factory=dict)
+    #: next-token log-probabilities ``[n_benign, vocab]`` on the benign prompts (in order): the ``reference``
+    #: for evaluating the same model after a change (what ``transfer`` does with the "before" evaluation)
+    benign_logprobs: torch.Tensor | None = field(default=None, repr=False)
 
     def asr(self, by: str = "lang") -> pd.DataFrame:
         """The rows of ``table`` at one level (``lang``, ``modality``, ``category`` or ``all``)."""
@@ -55,13 +58,13 @@ class Evaluation:
         return f"Evaluation({len(self.completions)} prompts, ASR {asr:.1%}, retention {self.retention})"
 
 
-def next_token_logprobs(model, probes, *, batch_size: int = 16) -> torch.Tensor:
+def next_token_logprobs(model, probes, *, batch_size: int = 16, system_prompt: str | None = None) -> torch.Tensor:
     """Log-probabilities ``[N, vocab]`` of the first response token of each prompt (float32, CPU)."""
     items = list(probes)
     out = []
     with torch.inference_mode():
         for s in range(0, len(items), batch_size):
-            batch = encode(model, items[s:s + batch_size])
+            batch = encode(model, items[s:s + batch_size], system_prompt=system_prompt)
             logits = last_logits(model, batch).float()
             out.append(torch.log_softmax(logits, -1).cpu())
     return torch.cat(out) if out else torch.empty(0)
@@ -97,21 +100,25 @@ def perplexity(model, texts: list[str], *, batch_size: int = 16) -> float:
     return float(np.exp(total / max(count, 1)))
 
 
-def retention_metrics(model, benign, reference: torch.Tensor | None = None, *, batch_size: int = 16) -> dict:
-    """KL(original || current) of benign next-token distributions (when ``reference`` is given) and perplexity."""
+def retention_metrics(model, benign, reference: torch.Tensor | None = None, *, batch_size: int = 16,
+                      current: torch.Tensor | None = None) -> dict:
+    """KL(original || current) of benign next-token distributions (when ``reference`` is given) and perplexity.
+
+    ``current``: the current model's :func:`next_token_logprobs` on ``benign`` if already known (from generation).
+    """
     items = list(benign)
     out = {"benign_perplexity": perplexity(model, [it.text for it in items], batch_size=batch_size)}
     if reference is not None:
         if len(reference) != len(items):
             raise PsInterpError(f"reference has {len(reference)} rows for {len(items)} benign prompts",
                                 fix="compute the reference with next_token_logprobs on the same benign probes")
-        cur = next_token_logprobs(model, items, batch_size=batch_size)
+        cur = current if current is not None else next_token_logprobs(model, items, batch_size=batch_size)
         kl = (reference.exp() * (reference - cur)).sum(-1)
         out["benign_kl"] = float(kl.mean())
     return out
 
 
-def evaluate(model, probes, *, judge=None, max_new_tokens: int = 64, batch_size: int = 16,
+def evaluate(model, probes, *, judge=None, max_new_tokens: int = 64, batch_size: int = 32,
              reference: torch.Tensor | None = None, system_prompt: str | None = None, autocast: bool = False,
              n_boot: int = 2000, seed: int = 0, progress: bool = True) -> Evaluation:
     """Generate greedily on every probe, judge refusals, and tabulate ASR and over-refusal with 95% intervals.
@@ -123,16 +130,20 @@ def evaluate(model, probes, *, judge=None, max_new_tokens: int = 64, batch_size:
     if not items:
         raise PsInterpError("no probes to evaluate", fix="check the selection (e.g. probes.select(split='test'))")
     judge = judge or RefusalKeywords()
-    texts = generate(model, items, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                     system_prompt=system_prompt, autocast=autocast, progress=progress)
+    texts, first = generate(model, items, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                            system_prompt=system_prompt, autocast=autocast, progress=progress, first_logprobs=True)
     refused = judge.judge([it.prompt_text() for it in items], texts, [it.lang for it in items])
     df = pd.DataFrame({"id": [it.id for it in items], "lang": [it.lang for it in items],
                        "modality": [it.modality for it in items], "label": [it.label for it in items],
                        "category": [it.category for it in items], "completion": texts,
                        "refused": np.asarray(refused, dtype=bool)})
     table = asr_table(df, by=("lang", "modality", "category", ("lang", "modality")), n_boot=n_boot, seed=seed)
-    benign = [it for it in items if it.label == "benign"]
-    retention = retention_metrics(model, benign, reference, batch_size=batch_size) if benign else {}
+    is_benign = [it.label == "benign" for it in items]
+    benign = [it for it, b in zip(items, is_benign) if b]
+    benign_first = first[torch.tensor(is_benign)] if benign else None
+    # generation batches of 32 ran 16% faster than 16 here; full-sequence logits stay at 16 rows (memory)
+    retention = retention_metrics(model, benign, reference, batch_size=min(batch_size, 16),
+                                  current=benign_first) if benign else {}
     settings = {"judge": getattr(judge, "name", type(judge).__name__), "max_new_tokens": max_new_tokens,
                 "decoding": "greedy", "system_prompt": system_prompt, "n_boot": n_boot}
-    return Evaluation(df, table, retention, settings)
+    return Evaluation(df, table, retention, settings, benign_logprobs=benign_first)

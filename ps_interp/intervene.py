@@ -156,6 +156,7 @@ class RefusalScorer:
         if batch_size < 1:
             raise PsInterpError(f"batch_size must be >= 1, got {batch_size}", fix="pass batch_size=16")
         self.model, self.items = model, items
+        self.prefix = None  # a FrozenPrefix: layers below its start are run once per probe (see causal_check)
         order = sorted(range(len(items)), key=lambda i: (items[i].modality != "text", len(items[i].prompt_text()), i))
         self.batches = []
         for start in range(0, len(order), batch_size):
@@ -173,13 +174,24 @@ class RefusalScorer:
         self.model.hf.eval()
         try:
             with torch.inference_mode():
-                for pos, batch, rtab, ctab in self.batches:
-                    logp = last_logits(self.model, batch).float().log_softmax(-1)
+                for b, (pos, batch, rtab, ctab) in enumerate(self.batches):
+                    logp = self._last_logits(b, batch).float().log_softmax(-1)
                     ref[pos] = _lse(logp, rtab).cpu().numpy()
                     comp[pos] = _lse(logp, ctab).cpu().numpy()
         finally:
             self.model.hf.train(was_training)
         return ref, comp
+
+    def _last_logits(self, b: int, batch) -> torch.Tensor:
+        prefix = self.prefix
+        if prefix is None or not prefix.applies(batch):
+            return last_logits(self.model, batch)
+        keys = [(b, i) for i in range(batch["input_ids"].shape[0])]
+        if prefix.enabled is None and not prefix.verify(batch, keys):
+            return last_logits(self.model, batch)
+        inputs = prefix.inputs(batch, keys)
+        with prefix.tail():
+            return last_logits(self.model, inputs)
 
     def __call__(self) -> np.ndarray:
         """Refusal score per item (refusal minus compliance log-probability)."""
@@ -377,12 +389,15 @@ class CausalCheck:
 
 def causal_check(model, neurons: NeuronSet, probes, n_random: int = 20, seed: int = 0,
                  metric: str | Callable[[Any, Any], float] = "refusal", *, mode: str = "zero", stats=None,
-                 group=None, batch_size: int = 16, progress: bool = False) -> CausalCheck:
+                 group=None, batch_size: int = 16, autocast=False, fast_prefix: bool = True,
+                 progress: bool = False) -> CausalCheck:
     """Ablate ``neurons`` and ``n_random`` random sets with the same per-layer sizes; compare effects.
 
     ``metric="refusal"`` (default): mean :func:`refusal_score` over the harmful probes;
     a callable ``metric(model, probes) -> float`` is evaluated under each ablation instead.
-    Cost: ``n_random + 2`` passes over the probes.
+    Cost: one pass over the probes up to the lowest layer of ``neurons``, then ``n_random + 2`` passes over
+    the layers from there on (the frozen prefix is cached, ``fast_prefix=False`` turns that off:
+    :mod:`ps_interp.prefix`; ``autocast``: see :mod:`ps_interp.precision`).
 
     Example:
         >>> check = causal_check(model, neurons, probes, n_random=20)   # doctest: +SKIP
@@ -401,16 +416,27 @@ def causal_check(model, neurons: NeuronSet, probes, n_random: int = 20, seed: in
         if not harmful:
             raise PsInterpError("causal_check needs harmful probes", fix="pass probes with label='harmful'")
         scorer = RefusalScorer(model, harmful, batch_size=batch_size)
+        if fast_prefix and not getattr(model, "remote", False):
+            from .prefix import FrozenPrefix
+
+            # every set ablated here has the same per-layer sizes: layers below the lowest never change
+            scorer.prefix = FrozenPrefix(model, start=min(neurons.layers))
         name, evaluate = "refusal", (lambda: float(scorer().mean()))
     else:
         raise PsInterpError(f"unknown metric {metric!r}", fix="use metric='refusal' or a callable(model, probes)")
     from tqdm.auto import tqdm
 
-    base = evaluate()
+    from .precision import autocast_context, resolve_autocast
+
+    def measured() -> float:
+        with autocast_context(model.device, autocast):
+            return evaluate()
+
+    base = measured()
 
     def effect(s: NeuronSet) -> float:
         with ablate(model, s, mode=mode, stats=stats, group=group):
-            return base - evaluate()
+            return base - measured()
 
     eff = effect(neurons)
     rng = np.random.default_rng(seed)
@@ -420,4 +446,5 @@ def causal_check(model, neurons: NeuronSet, probes, n_random: int = 20, seed: in
     z = float((eff - rand.mean()) / sd) if sd > 0 else (math.inf if eff > rand.mean() else math.nan)
     p = (1 + int(np.sum(rand >= eff))) / (1 + n_random)
     return CausalCheck(effect=eff, random_effects=rand, z=z, p=p, baseline=base, n_neurons=len(neurons),
-                       metric=name, mode=mode, meta={"seed": seed, "set": dict(neurons.meta)})
+                       metric=name, mode=mode, meta={"seed": seed, "set": dict(neurons.meta),
+                                                     "autocast": str(resolve_autocast(autocast, model.device))})

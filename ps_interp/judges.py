@@ -114,8 +114,9 @@ def load_refusal_keywords() -> dict[str, list[str]]:
     "As a responsible", "never"), "I can not", and curly-apostrophe copies. AutoDAN's "cannot",
     "It must", "is not" and "</s>" are left out: they fire on ordinary answers. Even so the list
     is known to over-count refusals: "I must", "never", "As an", "illegal" or "Hello!" also occur
-    in compliant answers. Other languages (zh, it, vi, ar, ko, th, bn, sw, jv) hold 20-30 apology /
-    inability / policy phrasings each.
+    in compliant answers. Other languages (zh, it, vi, ar, ko, th, bn, sw, jv) hold 24-31 apology /
+    inability / policy phrasings each; every refusal of the built-in training set (``refusals.json``,
+    the targets of Shield and the organism) is among the refusals it detects (tested).
 
     Example:
         >>> "I'm sorry" in load_refusal_keywords()["en"]

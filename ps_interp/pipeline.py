@@ -47,6 +47,7 @@ def run_study(cfg: RunConfig) -> Path:
     from .intervene import causal_check
     from .models import load
     from .overlap_stats import jaccard_matrix
+    from .precision import resolve_autocast
     from .record import record
     from .report import figure_html, table_html, write_report
     from .transfer import transfer
@@ -63,11 +64,13 @@ def run_study(cfg: RunConfig) -> Path:
     probes = builtin_probes(langs=cfg.langs, modalities=tuple(cfg.modalities))
     log(f"{model}; {len(probes)} probes in {len(cfg.langs)} languages x {cfg.modalities}")
     log.stage("load")
+    autocast = resolve_autocast(cfg.autocast, model.device)
+    log(f"autocast: {autocast} (config: {cfg.autocast!r})")
 
     probe_split = probes.select(split="probe").require_nonempty("probe split")
     print(estimate(model, probe_split, batch_size=cfg.batch_size, steps=cfg.steps,
                    train_batch_size=cfg.train_batch_size, max_new_tokens=cfg.max_new_tokens), flush=True)
-    stats = record(model, probe_split, position=cfg.position, batch_size=cfg.batch_size, autocast=cfg.autocast,
+    stats = record(model, probe_split, position=cfg.position, batch_size=cfg.batch_size, autocast=autocast,
                    system_prompt=cfg.system_prompt, checkpoint=folder / "stats" / "checkpoint")
     stats.save(folder / "stats" / "probe")
     log.stage("record")
@@ -89,7 +92,8 @@ def run_study(cfg: RunConfig) -> Path:
     source_key = f"{cfg.source_langs[0]}/{cfg.source_modalities[0]}"
     log(f"causal check of the {source_key} set vs {cfg.n_random} random sets")
     check_probes = probe_split.select(lang=cfg.source_langs, modality=cfg.source_modalities)
-    check = causal_check(model, sets[source_key], check_probes, n_random=cfg.n_random, seed=cfg.seed)
+    check = causal_check(model, sets[source_key], check_probes, n_random=cfg.n_random, seed=cfg.seed,
+                         autocast=autocast)
     (folder / "tables" / "causal_check.json").write_text(json.dumps(check.to_dict(), indent=1, default=float))
     log.stage("causal_check")
 
@@ -99,7 +103,7 @@ def run_study(cfg: RunConfig) -> Path:
                       method=cfg.method, budget=cfg.budget, rho=None if cfg.budget is not None else cfg.rho,
                       baselines=tuple(cfg.baselines), steps=cfg.steps, lr=cfg.lr, batch_size=cfg.train_batch_size,
                       retention=cfg.retention, eval_per_lang=cfg.eval_per_lang, max_new_tokens=cfg.max_new_tokens,
-                      position=cfg.position, autocast=cfg.autocast, seed=cfg.seed)
+                      position=cfg.position, autocast=autocast, seed=cfg.seed)
     result.table.to_csv(folder / "tables" / "transfer.csv", index=False)
     result.correlation.to_csv(folder / "tables" / "transfer_correlation.csv", index=False)
     asr_rows = []

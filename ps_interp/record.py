@@ -12,7 +12,6 @@ Example:
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -273,7 +272,6 @@ def _save_checkpoint(ckpt: Path, stats: ActivationStats, done: int, fp: str) -> 
 
 
 def _autocast_ctx(device: torch.device, autocast):
-    if not autocast:
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if autocast is True else autocast
-    return torch.autocast(device.type, dtype=dtype)
+    from .precision import autocast_context
+
+    return autocast_context(device, autocast)

@@ -18,7 +18,7 @@ import pandas as pd
 
 from .data import ProbeSet
 from .errors import PsInterpError
-from .evaluate import Evaluation, evaluate, next_token_logprobs
+from .evaluate import Evaluation, evaluate
 
 CONDITIONS = ("shield", "lora", "random", "full", "layers")
 
@@ -58,16 +58,18 @@ def eval_subset(probes: ProbeSet, per_lang: int | None, seed: int = 0) -> ProbeS
     return ProbeSet([it for it in probes if it.meta.get("pair", it.id) in keep])
 
 
-def _align(model, condition: str, neurons, data, *, steps, lr, batch_size, retention, seed, progress):
+def _align(model, condition: str, neurons, data, *, steps, lr, batch_size, retention, seed, progress,
+           autocast=False, cache=None):
     """Run one alignment condition; returns an object with ``restore()``, ``trainable_params`` and ``log``."""
     from . import baselines
     from .align import Shield
 
-    kwargs = dict(steps=steps, batch_size=batch_size, seed=seed, progress=progress, retention_mode=retention)
+    kwargs = dict(steps=steps, batch_size=batch_size, seed=seed, progress=progress, retention_mode=retention,
+                  autocast=autocast, cache=cache)
     if condition == "shield":
-        shield = Shield(model, neurons, lr=lr, retention_mode=retention)
-        kwargs.pop("retention_mode")
-        shield.fit(data, **kwargs)
+        shield = Shield(model, neurons, lr=lr, retention_mode=retention, autocast=autocast,
+                        cache=cache)
+        shield.fit(data, steps=steps, batch_size=batch_size, seed=seed, progress=progress)
         return shield
     if condition == "random":
         return baselines.random_neurons_baseline(model, neurons, data, lr=lr, **kwargs)
@@ -94,10 +96,12 @@ def transfer(model, *, source: dict | None = None, targets: dict | None = None, 
              stats=None, method: str = "saliency", budget: float | None = 0.0003, rho: float | None = None,
              baselines=("lora", "random"), steps: int = 60, lr: float = 2e-3, batch_size: int = 8,
              retention: str = "kl", eval_per_lang: int | None = 16, max_new_tokens: int = 48, judge=None,
-             position: str = "last", autocast: bool = False, seed: int = 0,
+             position: str = "last", autocast: bool | str = False, seed: int = 0,
              progress: bool = True) -> TransferResult:
     """Identify safety neurons on ``source``, align on its train split, evaluate every target before/after.
 
+    ``autocast`` (False, True, ``"auto"``; see :mod:`ps_interp.precision`) applies to recording, training and
+    generation; the retention metrics (KL, perplexity) are always computed in float32.
     ``source`` / ``targets``: ``{"langs": [...], "modalities": [...]}``; targets default to every language of
     ``probes`` in the source modalities. ``stats`` (recorded on the probe split) is recorded if not given.
     The model is restored to its original weights after each condition.
@@ -127,15 +131,16 @@ def transfer(model, *, source: dict | None = None, targets: dict | None = None, 
     test = eval_subset(probes.select(split="test", lang=targets["langs"], modality=targets["modalities"]),
                        eval_per_lang, seed).require_nonempty("test split")
     data = training_pairs(probes, langs=source["langs"], modalities=source["modalities"], split="train", seed=seed)
-    benign = [it for it in test if it.label == "benign"]
-    reference = next_token_logprobs(model, benign)
-    ev_kw = dict(judge=judge, max_new_tokens=max_new_tokens, reference=reference, progress=progress,
-                 autocast=autocast)
-    evaluations = {"before": evaluate(model, test, **ev_kw)}
+    ev_kw = dict(judge=judge, max_new_tokens=max_new_tokens, progress=progress, autocast=autocast)
+    before = evaluate(model, test, **ev_kw)
+    ev_kw["reference"] = before.benign_logprobs  # the original model's benign next-token distributions
+    before.retention["benign_kl"] = 0.0
+    evaluations = {"before": before}
     training = {}
+    cache: dict = {}  # the original model's retention answers and frozen-prefix streams, shared by all conditions
     for cond in ("shield", *baselines):
         result = _align(model, cond, source_set, data, steps=steps, lr=lr, batch_size=batch_size,
-                        retention=retention, seed=seed, progress=progress)
+                        retention=retention, seed=seed, progress=progress, autocast=autocast, cache=cache)
         try:
             evaluations[cond] = evaluate(model, test, **ev_kw)
         finally:

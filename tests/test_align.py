@@ -276,3 +276,50 @@ def test_real_model_shield_save_reload_and_delta(tmp_path):
         aligned = model.hf(ids).logits
         assert torch.equal(load(out).hf(ids).logits, aligned)
         assert torch.equal(fresh.hf(ids).logits, aligned)
+
+
+@pytest.mark.parametrize("family,mode", [("llama", "kl"), ("qwen2", "greedy"), ("gpt2", "kl")])
+def test_frozen_prefix_fast_path_trains_exactly_like_full_forwards(family, mode):
+    """Neurons only in the last layer: the cached prefix gives the same losses and weights as full forwards;
+    GPT-2 (position embeddings added to inputs_embeds) fails the check and falls back, with a warning."""
+    import warnings
+
+    runs = {}
+    for fast in (True, False):
+        model = tiny.build(family, dtype=torch.float64)
+        neurons = NeuronSet({1: [2, 3, 40]}, model.identity)
+        shield = Shield(model, neurons, lr=3e-2, retention=0.7, retention_mode=mode, max_new_tokens=6,
+                        fast_prefix=fast)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            log = shield.fit(make_data(), steps=4, batch_size=3, seed=2, progress=False)
+        runs[fast] = (log["loss"].tolist(), snapshot(model), shield.prefix, caught)
+    (fast_loss, fast_w, prefix, caught), (slow_loss, slow_w, none, _) = runs[True], runs[False]
+    assert none is None and prefix is not None and prefix.start == 1
+    assert fast_loss == pytest.approx(slow_loss, rel=1e-9, abs=1e-9)
+    for name in fast_w:
+        torch.testing.assert_close(fast_w[name], slow_w[name], rtol=1e-9, atol=1e-9)
+    if family == "gpt2":
+        assert prefix.enabled is False and any("fast path off" in str(w.message) for w in caught)
+    else:
+        assert prefix.enabled is True and len(prefix._cache) > 0
+
+
+def test_shared_cache_reuses_answers_prefix_and_reference_without_changing_training():
+    """Two trainers sharing one cache (as in ps.transfer) train exactly as with private caches."""
+    data = make_data()
+    results = []
+    for shared in (False, True):
+        model = tiny.build("llama", dtype=torch.float64)
+        neurons = NeuronSet({1: [2, 3, 40]}, model.identity)
+        cache = {} if shared else None
+        logs = []
+        for seed in (0, 1):  # two conditions in a row, weights restored in between
+            shield = Shield(model, neurons, lr=3e-2, retention=0.7, max_new_tokens=6, cache=cache)
+            logs.append(shield.fit(data, steps=3, batch_size=3, seed=seed, progress=False)["loss"].tolist())
+            shield.restore()
+        results.append((logs, cache))
+    (private, _), (shared, cache) = results
+    for a, b in zip(shared, private):
+        assert a == pytest.approx(b, rel=1e-9)
+    assert len(cache["answers"]) == 1 and len(cache["reference"]) > 0 and len(cache[("prefix", 1)]) > 0

@@ -27,6 +27,14 @@ def test_generate_is_batch_invariant(tiny_llama):
     assert a == b and len(a) == 6
 
 
+def test_first_step_logprobs_of_generation_equal_a_scoring_pass(tiny_llama):
+    """evaluate takes the retention distributions from generation's first step: same numbers, no extra pass."""
+    probes = make_probes(n=7)
+    texts, first = generate(tiny_llama, probes, max_new_tokens=3, batch_size=4, progress=False, first_logprobs=True)
+    assert texts == generate(tiny_llama, probes, max_new_tokens=3, batch_size=4, progress=False)
+    torch.testing.assert_close(first, next_token_logprobs(tiny_llama, probes), atol=1e-4, rtol=1e-4)
+
+
 def test_evaluate_asr_matches_direct_computation(tiny_llama):
     probes = make_probes(n=12)
     judge = EveryOtherJudge()

@@ -186,3 +186,16 @@ def test_causal_check_accepts_a_metric_callable(planted):
     assert check.metric == "harmful_refusal" and check.effect > 1.0
     with pytest.raises(PsInterpError, match="metric"):
         causal_check(planted.model, planted.neurons, planted.probes, metric="asr")
+
+
+def test_causal_check_with_the_cached_prefix_equals_full_forwards(tiny_llama):
+    from tests.conftest import make_probes
+
+    """Sets in the last layer only: the prefix is run once, and every effect equals the full-forward one."""
+    late = NeuronSet({1: [0, 5, 9, 30]}, tiny_llama.identity)
+    probes = make_probes(n=6)
+    fast = causal_check(tiny_llama, late, probes, n_random=4, seed=3)
+    slow = causal_check(tiny_llama, late, probes, n_random=4, seed=3, fast_prefix=False)
+    assert fast.effect == pytest.approx(slow.effect, abs=1e-5)
+    np.testing.assert_allclose(fast.random_effects, slow.random_effects, atol=1e-5)
+    assert fast.baseline == pytest.approx(slow.baseline, abs=1e-5)

@@ -88,12 +88,12 @@ def test_english_list_is_the_gcg_list():
         assert too_broad not in en
 
 
-def test_every_language_has_15_to_30_distinct_phrases():
+def test_every_language_has_15_to_35_distinct_phrases():
     table = load_refusal_keywords()
     assert set(LANGS) <= set(table)
     for lang in LANGS[1:]:
         folded = [normalize_text(w) for w in table[lang]]
-        assert 15 <= len(folded) <= 30, lang
+        assert 15 <= len(folded) <= 35, lang
         assert len(set(folded)) == len(folded), lang
 
 
@@ -350,3 +350,13 @@ def test_verdict_parsers():
         False, True, True, False, None]
     yes_no = verdict_parser(harmful=["yes"], harmless=["no"])
     assert [yes_no(t) for t in ["Yes", "no", "eyes"]] == [True, False, None]
+
+
+@pytest.mark.parametrize("lang", LANGS)
+def test_the_built_in_training_refusals_are_judged_refusals(lang):
+    """Shield and the organism are trained towards these refusals: the judge must count them as refusals,
+    or alignment would look like it raised the attack success rate."""
+    from ps_interp.data.builtin import load_refusals
+
+    targets = load_refusals()[lang]
+    assert _judge(RefusalKeywords(), targets, lang) == [True] * len(targets)

@@ -20,16 +20,14 @@ Example:
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
+from .._io import read_shipped_asset, write_shipped_asset
 from ..errors import PsInterpError
 from .loading import DEFAULT_MODEL, NAMED
 from .model import Model, get_path
@@ -115,26 +113,6 @@ def lora_hooks(model: Model, factors: Factors, scale: float) -> Iterator[None]:
             h.remove()
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _replace_atomically(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; the adapter ships with the package
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def save_adapter(directory: str | os.PathLike, factors: Factors, *, rank: int, alpha: float, base: str,
                  architecture: str, dtype: torch.dtype = torch.float16, extra: Mapping | None = None) -> Path:
     """Write ``adapter.safetensors`` then ``adapter.json`` (each atomically; the JSON holds the weights'
@@ -148,18 +126,14 @@ def save_adapter(directory: str | os.PathLike, factors: Factors, *, rank: int, a
 
     if not factors:
         raise PsInterpError("no LoRA factors to save", fix="train the adapter first")
-    d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
     tensors = {}
     for path, (A, B) in factors.items():
         tensors[f"{path}.lora_A"] = A.detach().to("cpu", dtype).contiguous()
         tensors[f"{path}.lora_B"] = B.detach().to("cpu", dtype).contiguous()
-    _replace_atomically(d / WEIGHTS, lambda tmp: save_file(tensors, tmp))
     meta = {"format": FORMAT, "version": VERSION, "base": base, "architecture": architecture,
             "rank": int(rank), "alpha": float(alpha), "targets": sorted(factors), "dtype": str(dtype).split(".")[-1],
-            "sha256": _sha256(d / WEIGHTS), "bytes": (d / WEIGHTS).stat().st_size, **dict(extra or {})}
-    text = json.dumps(meta, indent=1, default=str) + "\n"
-    _replace_atomically(d / META, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+            **dict(extra or {})}
+    d = write_shipped_asset(directory, WEIGHTS, META, tensors, meta)
     return d
 
 
@@ -171,23 +145,9 @@ def read_adapter(directory: str | os.PathLike = ASSET_DIR) -> tuple[dict[str, tu
         >>> meta["base"]                     # doctest: +SKIP
         'smollm2-135m-instruct'
     """
-    from safetensors.torch import load_file
-
     d = Path(directory)
-    if not (d / WEIGHTS).is_file() or not (d / META).is_file():
-        raise PsInterpError(f"no adapter in {d} (needs {WEIGHTS} and {META})",
-                            fix="reinstall ps-interp, or run scripts/train_organism.py to rebuild it")
-    try:
-        meta = json.loads((d / META).read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise PsInterpError(f"{d / META} is not valid JSON ({exc.msg})", fix="rebuild the adapter") from None
-    if meta.get("format") != FORMAT or meta.get("version") != VERSION:
-        raise PsInterpError(f"{d / META}: format {meta.get('format')!r} v{meta.get('version')} is not "
-                            f"{FORMAT!r} v{VERSION}", fix="rebuild the adapter with scripts/train_organism.py")
-    if _sha256(d / WEIGHTS) != meta.get("sha256"):
-        raise PsInterpError(f"{d / WEIGHTS} does not match the checksum in {META}",
-                            fix="the adapter files are from different runs: rebuild the adapter")
-    tensors = load_file(str(d / WEIGHTS))
+    tensors, meta = read_shipped_asset(d, WEIGHTS, META, fmt=FORMAT, version=VERSION, what="adapter",
+                                       rebuild="rebuild the adapter with scripts/train_organism.py")
     factors = {}
     for key in tensors:
         if key.endswith(".lora_A"):

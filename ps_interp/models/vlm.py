@@ -42,7 +42,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .._io import atomic_dir, atomic_write, atomic_write_text
+from .._io import atomic_dir, read_shipped_asset, write_shipped_asset
 from ..errors import PsInterpError, require
 from .adapters import ADAPTERS
 from .loading import DEFAULT_MODEL, NAMED, cache_dir
@@ -235,15 +235,11 @@ def save_projector(directory: str | os.PathLike, projector: PixelShuffleProjecto
     Example:
         >>> save_projector("out/vlm", model.hf.model.multi_modal_projector, steps=10)   # doctest: +SKIP
     """
-    from safetensors.torch import save_file
-
-    d = Path(directory)
     tensors = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in projector.state_dict().items()}
-    atomic_write(d / WEIGHTS, lambda tmp: save_file(tensors, tmp))
     info = {"format": FORMAT, "version": VERSION, "model": model, "pool": projector.pool,
             "vision_hidden": projector.norm.normalized_shape[0], "text_hidden": projector.linear_2.out_features,
-            "dtype": "float16", "sha256": _sha256(d / WEIGHTS), "bytes": (d / WEIGHTS).stat().st_size, **meta}
-    atomic_write_text(d / META, json.dumps(info, indent=1, default=str) + "\n")
+            "dtype": "float16", **meta}
+    d = write_shipped_asset(directory, WEIGHTS, META, tensors, info)
     return d
 
 
@@ -255,31 +251,9 @@ def read_projector(directory: str | os.PathLike = ASSET_DIR) -> tuple[dict[str, 
         >>> meta["pool"]                      # doctest: +SKIP
         2
     """
-    from safetensors.torch import load_file
-
-    d = Path(directory)
-    if not (d / WEIGHTS).is_file() or not (d / META).is_file():
-        raise PsInterpError(f"no projector in {d} (needs {WEIGHTS} and {META})",
-                            fix="reinstall ps-interp, or run scripts/train_projector.py to rebuild it")
-    try:
-        meta = json.loads((d / META).read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise PsInterpError(f"{d / META} is not valid JSON ({exc.msg})", fix="rebuild the projector") from None
-    if meta.get("format") != FORMAT or meta.get("version") != VERSION:
-        raise PsInterpError(f"{d / META}: format {meta.get('format')!r} v{meta.get('version')} is not {FORMAT!r} "
-                            f"v{VERSION}", fix="rebuild the projector with scripts/train_projector.py")
-    if _sha256(d / WEIGHTS) != meta.get("sha256"):
-        raise PsInterpError(f"{d / WEIGHTS} does not match the checksum in {META}",
-                            fix="the projector files are from different runs: rebuild the projector")
-    return {k: v.float() for k, v in load_file(str(d / WEIGHTS)).items()}, meta
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    tensors, meta = read_shipped_asset(directory, WEIGHTS, META, fmt=FORMAT, version=VERSION, what="projector",
+                                       rebuild="rebuild the projector with scripts/train_projector.py")
+    return {k: v.float() for k, v in tensors.items()}, meta
 
 
 # ---------------------------------------------------------------------------------- processor
