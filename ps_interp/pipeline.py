@@ -123,7 +123,8 @@ def run_study(cfg: RunConfig) -> Path:
         "ablation": check.figure(),
         "asr": plots.asr_bars(asr.rename(columns={"asr_lo": "lo", "asr_hi": "hi"})[
             ["lang", "condition", "asr", "lo", "hi"]]),
-        "transfer": plots.transfer_scatter(result.table[result.table["condition"] == "shield"]),
+        "transfer": plots.transfer_scatter(result.targets_only[result.targets_only["condition"] == "shield"],
+                                           title=f"Zero-shot transfer of Shield ({source_key}) vs neuron overlap"),
     }
     with export_session():
         for name, fig in figs.items():

@@ -34,18 +34,38 @@ class TransferResult:
     training: dict = field(default_factory=dict)
 
     @property
+    def targets_only(self) -> pd.DataFrame:
+        """``table`` without the source groups themselves (their Jaccard with the source set is 1 by definition)."""
+        t = self.table
+        return t[~t["is_source"]] if "is_source" in t else t
+
+    @property
     def correlation(self) -> pd.DataFrame:
-        """Pearson and Spearman correlation of Jaccard(target set, source set) with the ASR drop, per condition."""
-        rows = []
-        for cond, df in self.table.groupby("condition"):
-            df = df.dropna(subset=["jaccard", "asr_drop"])
-            if len(df) >= 3 and df["jaccard"].std() > 0 and df["asr_drop"].std() > 0:
-                rows.append({"condition": cond, "n": len(df),
-                             "pearson": float(df["jaccard"].corr(df["asr_drop"])),
-                             "spearman": float(df["jaccard"].corr(df["asr_drop"], method="spearman"))})
-            else:
-                rows.append({"condition": cond, "n": len(df), "pearson": np.nan, "spearman": np.nan})
-        return pd.DataFrame(rows)
+        """Pearson and Spearman correlation of Jaccard(target set, source set) with the ASR drop, per condition,
+        over the target groups that are not the source (zero-shot transfer only)."""
+        return transfer_correlation(self.table)
+
+
+def transfer_correlation(table: pd.DataFrame) -> pd.DataFrame:
+    """See :attr:`TransferResult.correlation`; works on a saved ``transfer.csv`` too.
+
+    Example:
+        >>> t = pd.DataFrame({"condition": ["shield"] * 4, "is_source": [True, False, False, False],
+        ...                   "jaccard": [1.0, 0.1, 0.2, 0.3], "asr_drop": [0.5, 0.0, 0.1, 0.3]})
+        >>> float(transfer_correlation(t)["spearman"].iloc[0])
+        1.0
+    """
+    table = table[~table["is_source"].astype(bool)] if "is_source" in table else table
+    rows = []
+    for cond, df in table.groupby("condition"):
+        df = df.dropna(subset=["jaccard", "asr_drop"])
+        if len(df) >= 3 and df["jaccard"].std() > 0 and df["asr_drop"].std() > 0:
+            rows.append({"condition": cond, "n": len(df),
+                         "pearson": float(df["jaccard"].corr(df["asr_drop"])),
+                         "spearman": float(df["jaccard"].corr(df["asr_drop"], method="spearman"))})
+        else:
+            rows.append({"condition": cond, "n": len(df), "pearson": np.nan, "spearman": np.nan})
+    return pd.DataFrame(rows)
 
 
 def eval_subset(probes: ProbeSet, per_lang: int | None, seed: int = 0) -> ProbeSet:
@@ -150,6 +170,8 @@ def transfer(model, *, source: dict | None = None, targets: dict | None = None, 
         training[cond] = {"trainable_params": n, "trainable_fraction": frac,
                           "final_loss": float(log["loss"].iloc[-1]) if isinstance(log, pd.DataFrame) and len(log) else None}
     table = _transfer_table(evaluations, source_set, target_sets, training)
+    table["is_source"] = [lang in source["langs"] and mod in source["modalities"]
+                          for lang, mod in zip(table["lang"], table["modality"])]
     return TransferResult(table, source_set, target_sets, evaluations, training)
 
 

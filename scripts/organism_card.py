@@ -81,6 +81,14 @@ def _cache_key(fingerprint: str, items: ProbeSet, settings: Mapping, judge) -> s
     return hashlib.sha1(raw.encode()).hexdigest()[:16]
 
 
+def _rejudge(done: pd.DataFrame, items: ProbeSet, judge) -> pd.DataFrame:
+    """The current judge's verdicts on cached completions (its phrase lists may have grown since)."""
+    prompts = {(i.id, i.lang, i.modality): i.prompt_text() for i in items}
+    keys = list(zip(done["id"], done["lang"], done["modality"]))
+    completions = [c if isinstance(c, str) else "" for c in done["completion"]]
+    return done.assign(refused=judge.judge([prompts[k] for k in keys], completions, done["lang"].tolist()))
+
+
 def _scores(model, items: ProbeSet) -> pd.DataFrame | None:
     try:
         from ps_interp.intervene import refusal_score
@@ -110,7 +118,7 @@ def measure(models: Mapping[str, object], items: ProbeSet, *, judge=None, max_ne
             if path is not None and path.is_file():
                 cached += 1
                 saved = json.loads(path.read_text(encoding="utf-8"))
-                done, score = pd.DataFrame(saved["completions"]), saved["scores"]
+                done, score = _rejudge(pd.DataFrame(saved["completions"]), part, judge), saved["scores"]
                 score = pd.DataFrame(score) if score is not None else None
             else:
                 done = evaluate(model, part, judge=judge, max_new_tokens=max_new_tokens, batch_size=batch_size,

@@ -86,6 +86,8 @@ def test_transfer_end_to_end_on_tiny():
     assert en["jaccard"].iloc[0] == pytest.approx(1.0)  # the source set against itself
     assert res.training["shield"]["trainable_params"] == res.source_set.param_count()
     assert list(res.correlation.columns) == ["condition", "n", "pearson", "spearman"]
+    assert res.table["is_source"].tolist() == (res.table["lang"] == "en").tolist()
+    assert set(res.targets_only["lang"]) == {"zh"} and (res.correlation["n"] <= 1).all()  # the source is left out
     after = model.hf.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # every condition restored the weights
 
