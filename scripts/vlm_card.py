@@ -21,7 +21,7 @@ Writes ``card.json`` (every number) and ``MODEL_CARD.md`` (rendered from it) nex
 Model answers to harmful requests are never written to disk or logs.
 
 Usage:
-    python scripts/vlm_card.py                        # real model, ~30-60 min on a shared 2-core CPU
+    python scripts/vlm_card.py                        # real model, ~15 min on an idle 2-core CPU
     python scripts/vlm_card.py --gen-pairs 4 --probe-pairs 10 --langs en,sw
     python scripts/vlm_card.py --tiny --out /tmp/card   # tiny random parts, seconds (CI)
 """
@@ -49,9 +49,12 @@ from ps_interp.judges import RefusalKeywords
 from ps_interp.models import vlm
 
 CARD, NUMBERS = "MODEL_CARD.md", "card.json"
-DEFAULTS = dict(gen_pairs=10, probe_pairs=45, max_new_tokens=24, batch_size=8, seed=0, threads=1,
+# probe_layers: every 3rd layer + the last (all 30 layers x 5 folds x 11 tables x 2 modalities of logistic
+# regressions took over 30 min here, longer than the activations)
+DEFAULTS = dict(gen_pairs=10, probe_pairs=30, probe_layers=3, max_new_tokens=24, batch_size=8, seed=0, threads=2,
                 langs=",".join(LANGS), modalities="typo,mixed")
-TINY = dict(gen_pairs=2, probe_pairs=3, max_new_tokens=3, batch_size=4, langs="en,zh", modalities="typo")
+TINY = dict(gen_pairs=2, probe_pairs=3, probe_layers=1, max_new_tokens=3, batch_size=4, threads=1, langs="en,zh",
+            modalities="typo")
 
 
 def _instruction() -> str:
@@ -144,7 +147,7 @@ def probe(model, langs: Sequence[str], pairs, *, batch_size: int, layers: Sequen
     from ps_interp.probing import collect_activations, probe_auroc
 
     layers = list(range(model.n_layers)) if layers is None else list(layers)
-    out = {}
+    out = {"layers": layers}
     for modality in ("typo", "text"):
         items = [it for lang in langs for it in items_for(lang, pairs, modality)]
         acts = collect_activations(model, items, layers, batch_size=batch_size)
@@ -166,8 +169,18 @@ def _mean(values) -> float:
     return round(float(values.mean()), 4) if values.size else float("nan")
 
 
+def _layer_list(step: int, n_layers: int) -> list[int]:
+    """Every ``step``-th layer and the last one (``step`` 1: all layers).
+
+    Example:
+        >>> _layer_list(3, 8)
+        [0, 3, 6, 7]
+    """
+    return sorted(set(range(0, n_layers, max(step, 1))) | {n_layers - 1})
+
+
 def measure(model, langs: Sequence[str], *, modalities: Sequence[str], gen_pairs: int, probe_pairs: int,
-            max_new_tokens: int, batch_size: int, seed: int, progress: bool = True) -> dict:
+            max_new_tokens: int, batch_size: int, seed: int, progress: bool = True, probe_layers: int = 1) -> dict:
     """All card measurements as a JSON-ready dict."""
     judge = RefusalKeywords()
     instruction = _instruction()
@@ -187,9 +200,11 @@ def measure(model, langs: Sequence[str], *, modalities: Sequence[str], gen_pairs
             print(f"[{time.monotonic() - t0:.0f}s] {lang}: transcription {row['transcription']['similarity']} "
                   f"(chance {row['transcription']['chance']})", flush=True)
     t_gen = time.monotonic() - t0
-    probes_ = probe(model, langs, test_pairs(langs[0], probe_pairs, seed), batch_size=batch_size)
+    probes_ = probe(model, langs, test_pairs(langs[0], probe_pairs, seed), batch_size=batch_size,
+                    layers=_layer_list(probe_layers, model.n_layers))
     return {"langs": list(langs), "per_lang": per_lang, "probe": probes_, "judge": judge.name,
-            "settings": {"gen_pairs": gen_pairs, "probe_pairs": probe_pairs, "max_new_tokens": max_new_tokens,
+            "settings": {"gen_pairs": gen_pairs, "probe_pairs": probe_pairs, "probe_layers": probe_layers,
+                         "max_new_tokens": max_new_tokens,
                          "modalities": list(modalities), "seed": seed, "split": "test", "instruction": instruction,
                          "decoding": "greedy", "probe_position": "last"},
             "seconds": {"generation": round(t_gen, 1), "probe": round(time.monotonic() - t0 - t_gen, 1)}}
@@ -202,10 +217,10 @@ def _f(v, pct: bool = False) -> str:
     return f"{100 * v:.0f}%" if pct else f"{v:.2f}"
 
 
-def best_layer(aurocs: Sequence[float]) -> tuple[int, float]:
-    """(layer, AUROC) of the highest AUROC."""
+def best_layer(aurocs: Sequence[float], layers: Sequence[int] | None = None) -> tuple[int, float]:
+    """(layer, AUROC) of the highest AUROC (``layers``: the layer number of each entry; default 0, 1, ...)."""
     i = int(np.nanargmax(np.asarray(aurocs, dtype=float)))
-    return i, float(aurocs[i])
+    return (i if layers is None else int(layers[i])), float(aurocs[i])
 
 
 def render_card(numbers: Mapping) -> str:
@@ -272,15 +287,16 @@ def render_card(numbers: Mapping) -> str:
                       f"{_f(a['refusal_image_harmful'], True)} / {_f(a['refusal_text_harmful'], True)}"]
         lines.append("| " + " | ".join(cells) + " |")
     typo, text = card["probe"]["typo"], card["probe"]["text"]
+    layers = card["probe"].get("layers", list(range(len(typo["all"]["auroc"]))))
     lines += ["", "### Harmful vs benign in the FFN activations (linear probe, CV AUROC)", "",
               "| language | typo image: best layer (AUROC) | typo: mean over layers | text: best layer (AUROC) |",
               "|---|---|---|---|"]
     for lang in ["all"] + langs:
-        tb, tt = best_layer(typo[lang]["auroc"]), best_layer(text[lang]["auroc"])
+        tb, tt = best_layer(typo[lang]["auroc"], layers), best_layer(text[lang]["auroc"], layers)
         name = "all languages" if lang == "all" else f"{LANG_NAMES.get(lang, lang)} ({lang})"
         lines.append(f"| {name} | {tb[0]} ({tb[1]:.2f}) | {_f(_mean(typo[lang]['auroc']))} | {tt[0]} ({tt[1]:.2f}) |")
     lines += ["", "AUROC per layer (all languages pooled), typo images / text:", "",
-              "| layer | " + " | ".join(str(i) for i in range(len(typo["all"]["auroc"]))) + " |",
+              "| layer | " + " | ".join(str(i) for i in layers) + " |",
               "|---|" + "---|" * len(typo["all"]["auroc"]),
               "| typo | " + " | ".join(f"{v:.2f}" for v in typo["all"]["auroc"]) + " |",
               "| text | " + " | ".join(f"{v:.2f}" for v in text["all"]["auroc"]) + " |", ""]
@@ -341,7 +357,7 @@ def main(argv: list[str] | None = None) -> Path:
     card = measure(model, settings["langs"].split(","), modalities=settings["modalities"].split(","),
                    gen_pairs=settings["gen_pairs"], probe_pairs=settings["probe_pairs"],
                    max_new_tokens=settings["max_new_tokens"], batch_size=settings["batch_size"],
-                   seed=settings["seed"], progress=not args.quiet)
+                   seed=settings["seed"], progress=not args.quiet, probe_layers=settings["probe_layers"])
     path = write_card(out, card, meta)
     print(f"wrote {path / NUMBERS} and {path / CARD}")
     return path
