@@ -26,7 +26,7 @@ from .data.prompting import encode
 from .errors import PsInterpError
 from .record import position_weights, run_to_sites
 
-ITEM_COLUMNS = ("id", "lang", "modality", "label")
+ITEM_COLUMNS = ("id", "lang", "modality", "label", "pair")  # pair: the matched harmful/benign pair (CV groups)
 FP16_MAX = 65504.0
 
 
@@ -138,7 +138,8 @@ def collect_activations(model, probes, layers, position: str = "last", path: str
                 run_to_sites(model, batch, layers, keep)
     finally:
         model.hf.train(was_training)
-    frame = pd.DataFrame([{c: getattr(it, c) for c in ITEM_COLUMNS} for it in items])
+    frame = pd.DataFrame([{"id": it.id, "lang": it.lang, "modality": it.modality, "label": it.label,
+                           "pair": it.meta.get("pair", it.id)} for it in items])
     acts = Activations(out, frame, {"position": position, "model": model.name, "layers": layers,
                                     "site": "blocks.{layer}.mlp.hook_post"})
     if path is not None:
@@ -164,19 +165,40 @@ def _classifier(C: float):
     return make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=2000))
 
 
-def _folds(y: np.ndarray, cv: int, seed: int):
-    from sklearn.model_selection import StratifiedKFold
+def _folds(y: np.ndarray, cv: int, seed: int, groups=None):
+    """Stratified folds; with ``groups`` (matched pairs), a pair and all its translations stay in one fold.
+
+    Matched harmful/benign twins share their topic: when one twin is trained on and the other tested, the
+    probe learns the topic and calls the test twin by the *opposite* label (AUROC below 0.5, seen on the
+    built-in set). Grouping by pair removes that.
+    """
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
     smallest = int(min(np.sum(y == 0), np.sum(y == 1)))
     if smallest < 2:
         raise PsInterpError(f"a probe needs >= 2 harmful and >= 2 benign prompts (have {int(y.sum())} harmful, "
                             f"{int((y == 0).sum())} benign)", fix="collect activations on more probes of both labels")
+    if groups is not None and len(set(groups)) < len(groups):
+        n = min(cv, len(set(groups)))
+        if n < 2:
+            raise PsInterpError("a grouped probe needs >= 2 pairs", fix="collect activations on more pairs")
+        return list(StratifiedGroupKFold(n_splits=n, shuffle=True, random_state=seed).split(y, y, groups))
     return StratifiedKFold(n_splits=min(cv, smallest), shuffle=True, random_state=seed)
+
+
+def _groups(acts) -> np.ndarray | None:
+    items = acts.items if isinstance(acts, Activations) else None
+    if items is None or "pair" not in items or items["pair"].isna().any():
+        return None
+    return items["pair"].astype(str).to_numpy()
 
 
 def probe_auroc(acts: Activations | Mapping[int, np.ndarray], labels=None, cv: int = 5, *, C: float = 1.0,
                 seed: int = 0):
     """Per layer: logistic-regression probe for harmful vs benign, AUROC under stratified CV.
+
+    Folds keep each matched pair (and its translations) together when the items carry pairs
+    (``collect_activations`` records them), so a probe is never tested on the twin of a training item.
 
     Columns: layer, auroc (mean over folds), auroc_std, n, n_harmful.
 
@@ -197,7 +219,7 @@ def probe_auroc(acts: Activations | Mapping[int, np.ndarray], labels=None, cv: i
                                 fix="pass labels= (1/'harmful' and 0/'benign') or an Activations object")
         table = dict(acts)
         y = _labels(labels, len(next(iter(table.values()))))
-    folds = _folds(y, cv, seed)
+    folds = _folds(y, cv, seed, _groups(acts))
     rows = []
     for layer in sorted(table):
         scores = cross_val_score(_classifier(C), np.asarray(table[layer], dtype=np.float64), y, cv=folds,
@@ -275,7 +297,7 @@ def probe_transfer(model, probes, layer: int, train: Mapping[str, str] | None = 
     if len(src.items) == 0:
         raise PsInterpError(f"no probes match the training group {train}", fix="include them in probes")
     y = src.labels
-    folds = _folds(y, cv, seed)
+    folds = _folds(y, cv, seed, _groups(src))
     clf = _classifier(C).fit(src.acts[layer], y)
     key = (train.get("lang"), train.get("modality"))
     rows = []

@@ -87,3 +87,19 @@ def test_probe_transfer_matrix_and_figure(planted):
     assert "en/text" in result.figure().layout.title.text
     only_sw = probe_transfer(planted.model, planted.probes + twin, layer=1, targets=["sw"], cv=3)
     assert only_sw.long.lang.tolist() == ["sw"]
+
+
+def test_cv_folds_keep_matched_pairs_and_translations_together():
+    from ps_interp.probing import _folds
+
+    pairs = np.repeat([f"p{i}" for i in range(12)], 4)  # harmful + benign twin in two languages
+    y = np.tile([1, 0, 1, 0], 12)
+    folds = _folds(y, 5, 0, pairs)
+    assert len(folds) == 5
+    for train, test in folds:
+        assert not set(pairs[train]) & set(pairs[test])
+        assert 0 < y[test].sum() < len(test)
+
+
+def test_activations_carry_pairs(acts):
+    assert "pair" in acts.items and acts.items["pair"].notna().all()
