@@ -126,6 +126,10 @@ def run_study(cfg: RunConfig) -> Path:
         "transfer": plots.transfer_scatter(result.targets_only[result.targets_only["condition"] == "shield"],
                                            title=f"Zero-shot transfer of Shield ({source_key}) vs neuron overlap"),
     }
+    if len(cfg.modalities) > 1:  # the cross-modal view: one bar group per language x modality
+        by_mod = asr_by_group({c: ev.table for c, ev in result.evaluations.items()})
+        by_mod.to_csv(folder / "tables" / "asr_by_lang_modality.csv", index=False)
+        figs["asr_modality"] = plots.asr_bars(by_mod, title="Attack success rate by language and modality")
     with export_session():
         for name, fig in figs.items():
             save_figure(fig, folder / "figures" / name)
@@ -142,6 +146,24 @@ def run_study(cfg: RunConfig) -> Path:
     write_report(folder, title=f"ps_interp run '{cfg.name}' on {model.name}", settings=settings, sections=sections)
     log(f"wrote {folder / 'report.html'}")
     return folder
+
+
+def asr_by_group(tables: dict, level: str = "lang+modality") -> pd.DataFrame:
+    """``{condition: Evaluation.table}`` -> rows ``lang`` (= "lang/modality"), condition, asr, lo, hi for
+    :func:`ps_interp.plots.asr_bars`; works on saved ``evaluations/<condition>/asr.csv`` tables too.
+
+    Example:
+        >>> t = pd.DataFrame({"level": ["lang+modality"], "lang": ["en"], "modality": ["typo"], "asr": [0.5],
+        ...                   "asr_lo": [0.2], "asr_hi": [0.8]})
+        >>> asr_by_group({"before": t})["lang"].tolist()
+        ['en/typo']
+    """
+    rows = []
+    for cond, table in tables.items():
+        t = table[table["level"] == level]
+        rows.append(pd.DataFrame({"lang": t["lang"] + "/" + t["modality"], "condition": cond, "asr": t["asr"],
+                                  "lo": t["asr_lo"], "hi": t["asr_hi"]}))
+    return pd.concat(rows, ignore_index=True)
 
 
 def _fraction(model, neurons) -> float:
@@ -165,6 +187,8 @@ def _report_sections(figs, sets, jac, expected, pval, check, result, asr, figure
          + figure_html(figs["ablation"], next(first))),
         ("Attack success rate before/after alignment", figure_html(figs["asr"], next(first))
          + table_html(asr[["condition", "lang", "n_harmful", "asr", "asr_lo", "asr_hi", "over_refusal"]])),
+        *([("Attack success rate by language and modality", figure_html(figs["asr_modality"], next(first)))]
+          if "asr_modality" in figs else []),
         ("Transfer: overlap with the source set vs ASR drop", figure_html(figs["transfer"], next(first))
          + table_html(result.table) + table_html(result.correlation)),
     ]

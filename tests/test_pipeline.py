@@ -1,6 +1,8 @@
 """The main job end to end on a tiny config (every stage, report written)."""
 import json
 
+import pandas as pd
+
 import pytest
 
 from ps_interp.cli import main
@@ -42,3 +44,18 @@ def test_example_configs_are_valid():
     root = Path(__file__).resolve().parents[1] / "configs"
     for path in root.glob("*.toml"):
         RunConfig.from_toml(path)
+
+
+def test_main_job_cross_modal_on_the_tiny_vlm(tmp_path):
+    """Text and typographic probes on the tiny DINOv2-LLaVA: image sets, and ASR per language x modality."""
+    cfg_file = tmp_path / "vlm.toml"
+    cfg_file.write_text('model = "tiny-dinov2-llava"\nlangs = ["en", "zh"]\nmodalities = ["text", "typo"]\n'
+                        'budget = 0.01\nn_random = 2\nsteps = 2\ntrain_batch_size = 2\neval_per_lang = 1\n'
+                        'max_new_tokens = 2\nbaselines = ["random"]\n')
+    assert main(["run", "--config", str(cfg_file), "--name", "vlm", "--out", str(tmp_path / "runs")]) == 0
+    run = tmp_path / "runs" / "vlm"
+    assert (run / "sets" / "zh_typo.json").exists() and (run / "figures" / "asr_modality.html").exists()
+    by_mod = pd.read_csv(run / "tables" / "asr_by_lang_modality.csv")
+    assert set(by_mod["lang"]) == {"en/text", "en/typo", "zh/text", "zh/typo"}
+    assert set(by_mod["condition"]) == {"before", "shield", "random"}
+    assert "Attack success rate by language and modality" in (run / "report.html").read_text()
