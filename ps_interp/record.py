@@ -212,8 +212,10 @@ def record(model, probes, *, position: str = "last", layers: list[int] | None = 
 
     from tqdm.auto import tqdm
 
+    from .precision import autocast_context
+
     dev = model.device
-    ctx = _autocast_ctx(dev, autocast)
+    ctx = autocast_context(dev, autocast)
     last_save = time.monotonic()
     was_training = model.hf.training
     model.hf.eval()
@@ -269,9 +271,3 @@ def _save_checkpoint(ckpt: Path, stats: ActivationStats, done: int, fp: str) -> 
     tmp = ckpt / "progress.json.tmp"
     tmp.write_text(json.dumps({"batches_done": done, "fingerprint": fp}))
     tmp.replace(ckpt / "progress.json")
-
-
-def _autocast_ctx(device: torch.device, autocast):
-    from .precision import autocast_context
-
-    return autocast_context(device, autocast)
