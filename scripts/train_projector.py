@@ -30,9 +30,21 @@ only on the target positions. ``--minutes`` caps the training loop by wall time 
 where it stopped; the cosine learning-rate decay follows whichever of steps and minutes runs out
 first); ``--minutes 0`` runs exactly ``--steps`` steps, reproducibly for a seed.
 
+``--exercises N`` adds N reading exercises (:mod:`ps_interp.data.reading`): word windows and shuffled
+word bags of the same train texts in the same two layouts, so that the projector cannot get by on
+recognising 180 sentences per language. Validation pairs are held out before they are drawn.
+
+On a GPU box without the fonts: ``--export DIR`` writes every training and validation image at the
+processor's size (greyscale PNG, pixel-identical after preprocessing; tested) with its text, and
+``--data DIR`` trains from that folder. The shipped projector's ``projector.json`` records how it was made.
+
 Usage:
     python scripts/train_projector.py                  # real parts -> ps_interp/assets/smollm2-dinov2-llava
     python scripts/train_projector.py --tiny --out /tmp/proj   # tiny random parts, seconds (CI)
+    # the GPU recipe (one H100, 6.5 min of training):
+    python scripts/train_projector.py --exercises 8000 --export runs/projector-data
+    python scripts/train_projector.py --data runs/projector-data --device cuda --autocast bf16 \
+        --batch-size 64 --lr 1e-3 --warmup 100 --minutes 6.5 --steps 100000 --threads 8 --no-cache
 """
 from __future__ import annotations
 
@@ -46,24 +58,34 @@ import sys
 import time
 from pathlib import Path
 
-import torch
+from dataclasses import dataclass
 
+import torch
+from PIL import Image
+
+from ps_interp._io import atomic_dir
 from ps_interp.data.builtin import LANGS, probes
+from ps_interp.data.probes import ProbeItem
 from ps_interp.data.prompting import render_prompt
+from ps_interp.data.reading import reading_exercises
 from ps_interp.errors import PsInterpError
 from ps_interp.models import vlm
 from ps_interp.models.loading import cache_dir
+from ps_interp.precision import autocast_context
 
-INSTRUCTION = "Read the text in the image."
+INSTRUCTION = vlm.READ_INSTRUCTION
 DEFAULTS = dict(minutes=15.0, steps=600, batch_size=8, lr=2e-3, warmup=10, max_target_tokens=32, seed=0,
                 threads=1, per_group=0, langs=",".join(LANGS), modalities="typo,mixed", val_pairs=3,
-                val_images=48)
+                val_images=48, exercises=0, device="cpu", autocast="auto", vision="")
 TINY = dict(minutes=1.0, steps=3, batch_size=2, per_group=3, langs="en,zh", max_target_tokens=8, val_pairs=1,
             val_images=4)
 
 
 def target_text(item) -> str:
-    """The text drawn in the item's image: the request (``typo``) or the key phrase (``mixed``)."""
+    """The text drawn in the item's image: the request (``typo``), the key phrase (``mixed``), or the
+    text of a reading exercise / exported image."""
+    if not isinstance(item, ProbeItem):
+        return item.text
     if item.modality == "typo":
         return item.meta.get("typo") or item.text
     if item.modality == "mixed":
@@ -86,6 +108,53 @@ def training_items(langs, modalities, per_group: int = 0) -> list:
                 seen[key] = seen.get(key, 0) + 1
         items = kept
     return items
+
+
+@dataclass(frozen=True)
+class ExportedImage:
+    """An image written by ``--export``: the processor-size greyscale PNG and the text drawn in it."""
+
+    path: Path
+    text: str
+    lang: str
+    kind: str
+
+    def get_image(self) -> Image.Image:
+        with Image.open(self.path) as image:
+            return image.convert("RGB")
+
+
+def export_data(out: Path, train_items: list, val_items: list, *, image_size: int, meta: dict) -> Path:
+    """Write every training and validation image, already resized to ``image_size`` (bicubic, what the
+    processor does; greyscale PNG, lossless for these black-on-white images), with ``examples.jsonl``.
+
+    ``--data`` trains from such a folder on a machine without the fonts (a GPU box). Written atomically.
+    """
+    with atomic_dir(out) as tmp:
+        (tmp / "images").mkdir()
+        rows = []
+        for role, group in (("train", train_items), ("val", val_items)):
+            for it in group:
+                name = f"images/{len(rows):05d}.png"
+                image = it.get_image().resize((image_size, image_size), Image.BICUBIC).convert("L")
+                image.save(tmp / name, optimize=True)
+                rows.append({"file": name, "text": target_text(it), "lang": it.lang, "role": role,
+                             "kind": it.modality if isinstance(it, ProbeItem) else f"{it.layout}-{it.kind}"})
+        (tmp / "examples.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
+                                            encoding="utf-8")
+        (tmp / "manifest.json").write_text(json.dumps({**meta, "image_size": image_size, "n": len(rows)}, indent=1))
+    return out
+
+
+def load_exported(folder: Path) -> tuple[list, list, dict]:
+    """``(train, val, manifest)`` of a folder written by :func:`export_data`."""
+    if not (folder / "examples.jsonl").is_file():
+        raise PsInterpError(f"{folder} holds no examples.jsonl", fix="write it with --export on a machine with fonts")
+    rows = [json.loads(line) for line in (folder / "examples.jsonl").read_text(encoding="utf-8").splitlines()]
+    split = {"train": [], "val": []}
+    for r in rows:
+        split[r["role"]].append(ExportedImage(folder / r["file"], r["text"], r["lang"], r["kind"]))
+    return split["train"], split["val"], json.loads((folder / "manifest.json").read_text())
 
 
 def prompt_ids(model, n_image_tokens: int) -> tuple[list[int], slice]:
@@ -230,22 +299,40 @@ def _run_stage(name, loss_fn, n_items, *, projector, steps, minutes, batch_size,
 
 def train(out: Path, *, tiny: bool = False, minutes: float, steps: int, batch_size: int, lr: float, warmup: int,
           max_target_tokens: int, seed: int, threads: int, per_group: int, langs: str, modalities: str,
-          val_pairs: int, val_images: int, use_cache: bool = True, progress: bool = True) -> Path:
-    """Train a fresh projector and save it to ``out``; returns ``out``."""
+          val_pairs: int, val_images: int, exercises: int = 0, device: str = "cpu", autocast="auto",
+          vision: str = "", data: Path | None = None, export: Path | None = None, use_cache: bool = True,
+          progress: bool = True) -> Path:
+    """Train a fresh projector and save it to ``out`` (or, with ``export``, only write the images); returns
+    the folder written."""
     t0 = time.monotonic()
+    autocast = {"bf16": True, "fp32": False}.get(autocast, autocast)
+    if autocast not in ("auto", True, False):
+        raise PsInterpError(f"--autocast {autocast!r} is not one of auto, bf16, fp32", fix="use auto, bf16 or fp32")
     torch.set_num_threads(threads)
     random.seed(seed)
     torch.manual_seed(seed)
-    model = vlm.build_tiny(seed=seed) if tiny else vlm.load_vlm(directory=None, seed=seed)
+    lang_list, mod_list = langs.split(","), modalities.split(",")
+    if data is not None:
+        items, val, data_meta = load_exported(Path(data))
+    else:
+        items, val = split_validation(training_items(lang_list, mod_list, per_group), val_pairs, seed)
+        val = random.Random(seed).sample(val, min(val_images, len(val)))
+        n_pairs = len({it.meta.get("pair") for it in items})
+        items = items + reading_exercises(items, exercises, seed=seed) if exercises else items
+        data_meta = {"split": "train", "langs": lang_list, "modalities": mod_list, "n_pairs": n_pairs,
+                     "per_group": per_group or None, "reading_exercises": exercises,
+                     "validation": {"held_out_pairs": val_pairs, "n_images": len(val)}}
+    if export is not None:
+        return export_data(Path(export), items, val, image_size=32 if tiny else vlm.IMAGE_SIZE,
+                           meta={**data_meta, "seed": seed})
+    model = vlm.build_tiny(seed=seed) if tiny else vlm.load_vlm(directory=None, seed=seed, vision=vision or None)
+    model.hf.to(device)
     for p in model.hf.parameters():
         p.requires_grad_(False)
     projector = model.hf.model.multi_modal_projector
     for p in projector.parameters():
         p.requires_grad_(True)
     model.hf.train(False)
-    lang_list, mod_list = langs.split(","), modalities.split(",")
-    items, val = split_validation(training_items(lang_list, mod_list, per_group), val_pairs, seed)
-    val = random.Random(seed).sample(val, min(val_images, len(val)))
     cache = None if (tiny or not use_cache) else cache_dir() / "vlm_features"
     feats = compute_features(model, items + val, cache=cache, progress=progress)
     feats, val_feats = feats[:len(items)], feats[len(items):]
@@ -256,12 +343,13 @@ def train(out: Path, *, tiny: bool = False, minutes: float, steps: int, batch_si
     val_targets = [target_ids(model, target_text(it), max_target_tokens) for it in val]
 
     def transcribe(idx):
-        return batch_loss(model, projector, feats[idx].float(), prompt, image_slice, [targets[i] for i in idx])
+        with autocast_context(model.device, autocast):
+            return batch_loss(model, projector, feats[idx].float(), prompt, image_slice, [targets[i] for i in idx])
 
     def validate():
         if not val:
             return None
-        with torch.no_grad():
+        with torch.no_grad(), autocast_context(model.device, autocast):
             per = [float(batch_loss(model, projector, val_feats[s:s + batch_size].float(), prompt, image_slice,
                                     val_targets[s:s + batch_size])) * len(val_targets[s:s + batch_size])
                    for s in range(0, len(val), batch_size)]
@@ -272,17 +360,14 @@ def train(out: Path, *, tiny: bool = False, minutes: float, steps: int, batch_si
                                        minutes=minutes, batch_size=batch_size, lr=lr, warmup=warmup, seed=seed,
                                        progress=progress)
     stages = {"transcribe": _stage_meta(losses, stopped, secs, batch_size, len(items), steps, minutes)}
-    n_pairs = len({it.meta.get("pair") for it in items})
     meta = {
         "objective": "next-token transcription of the text drawn in the image (see scripts/train_projector.py)",
         "instruction": INSTRUCTION, "tiny": tiny,
-        "data": {"split": "train", "langs": lang_list, "modalities": mod_list, "n_images": len(items),
-                 "n_pairs": n_pairs, "per_group": per_group or None,
-                 "validation": {"held_out_pairs": val_pairs, "n_images": len(val)}},
+        "data": {**data_meta, "n_images": len(items)},
         "settings": {"batch_size": batch_size, "lr": lr, "warmup": warmup,
                      "schedule": "linear warm-up, then cosine decay over max(steps done / steps, time used / minutes)",
                      "optimizer": "AdamW (wd 0), clip 1.0", "max_target_tokens": max_target_tokens, "seed": seed,
-                     "threads": threads},
+                     "threads": threads, "device": _device_name(model.device), "autocast": str(autocast)},
         "image_tokens": n_tokens, "trainable_params": sum(p.numel() for p in projector.parameters()),
         "stages": stages,
         "validation_loss": {"before": val_before, "after": validate(),
@@ -293,6 +378,10 @@ def train(out: Path, *, tiny: bool = False, minutes: float, steps: int, batch_si
     }
     vlm.save_projector(out, projector, model=model.name, **meta)
     return out
+
+
+def _device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
 
 
 def _stage_meta(losses, stopped, seconds, batch_size, n_items, steps, minutes) -> dict:
@@ -313,12 +402,19 @@ def main(argv: list[str] | None = None) -> Path:
     for key, value in DEFAULTS.items():
         p.add_argument(f"--{key.replace('_', '-')}", type=type(value), default=None, help=f"default {value}")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the vision-feature cache")
+    p.add_argument("--export", type=Path, default=None,
+                   help="only write the training/validation images (processor size) and texts to this folder")
+    p.add_argument("--data", type=Path, default=None, help="train from a folder written by --export (no fonts needed)")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     settings = {**DEFAULTS, **(TINY if args.tiny else {})}
     settings.update({k: v for k, v in vars(args).items() if k in DEFAULTS and v is not None})
     out = args.out or (Path("runs/projector-tiny") if args.tiny else vlm.ASSET_DIR)
-    path = train(out, tiny=args.tiny, use_cache=not args.no_cache, progress=not args.quiet, **settings)
+    path = train(out, tiny=args.tiny, use_cache=not args.no_cache, progress=not args.quiet, data=args.data,
+                 export=args.export, **settings)
+    if args.export is not None:
+        print(f"wrote {path}: {json.loads((path / 'manifest.json').read_text())['n']} images")
+        return path
     meta = json.loads((path / vlm.META).read_text())
     done = ", ".join(f"{k} {v['steps_done']} steps ({v['stopped_by']})" for k, v in meta["stages"].items())
     val = meta["validation_loss"]

