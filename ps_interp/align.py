@@ -37,6 +37,7 @@ Example:
 """
 from __future__ import annotations
 
+import abc
 import dataclasses
 import json
 import math
@@ -67,6 +68,19 @@ def _takes_logits_to_keep(hf) -> bool:
     return "logits_to_keep" in inspect.signature(hf.forward).parameters
 
 
+def first_target_column(labels: torch.Tensor) -> int:
+    """The first column that holds a label in any row (at least 1: position 0 predicts nothing).
+
+    Example:
+        >>> first_target_column(torch.tensor([[IGNORE, IGNORE, 5], [IGNORE, 7, 8]]))
+        1
+    """
+    cols = (labels != IGNORE).any(0).nonzero()
+    if cols.numel() == 0:
+        raise PsInterpError("a training batch has no labelled token", fix="give every example a target")
+    return max(int(cols[0]), 1)
+
+
 def target_logits(hf, part: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits ``[n, vocab]`` (float32) at the positions that predict a labelled token, and those labels.
 
@@ -77,10 +91,7 @@ def target_logits(hf, part: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torc
     """
     labels = part["labels"]
     inputs = {k: v for k, v in part.items() if k != "labels"}
-    cols = (labels != IGNORE).any(0).nonzero()
-    if cols.numel() == 0:
-        raise PsInterpError("a training batch has no labelled token", fix="give every example a target")
-    first = max(int(cols[0]), 1)
+    first = first_target_column(labels)
     keep = labels.shape[1] - first + 1
     if _takes_logits_to_keep(hf):
         logits = hf(**inputs, use_cache=False, logits_to_keep=keep).logits
@@ -162,7 +173,7 @@ def _make_optimizer(params: list[torch.Tensor], optimizer, lr: float, weight_dec
 
 
 # ---- the training loop, shared with the baselines -----------------------------------------
-class Trainer:
+class Trainer(abc.ABC):
     """Training loop, loss, failure handling and logging shared by :class:`Shield` and the baselines.
 
     Subclasses define the trainable tensors (:meth:`parameters`), the training-forward context
@@ -204,17 +215,21 @@ class Trainer:
         self.total_params = count_parameters(model.hf)  # before any adapter is added
 
     # -- to define in subclasses --
+    @abc.abstractmethod
     def parameters(self) -> list[torch.Tensor]:
-        raise NotImplementedError
+        """The tensors this trainer updates."""
 
+    @abc.abstractmethod
     def _active(self):
-        raise NotImplementedError
+        """Context for the training forwards (gradient masks or adapters on)."""
 
+    @abc.abstractmethod
     def _reference(self):
-        raise NotImplementedError
+        """Context under which the model computes as the original one."""
 
+    @abc.abstractmethod
     def _reset(self) -> None:
-        raise NotImplementedError
+        """Put the original weights back."""
 
     # -- common --
     @property
@@ -356,9 +371,8 @@ class Trainer:
             reference, _ = logits_of("retain")
         if keys is not None:
             labels = retain["labels"]
-            first = max(int((labels != IGNORE).any(0).nonzero()[0]), 1)
-            counts = (labels[:, first:] != IGNORE).sum(1).tolist()
-            used = sum(t.numel() * t.element_size() for t in store.values())
+            counts = (labels[:, first_target_column(labels):] != IGNORE).sum(1).tolist()
+            used = sum(t.numel() * t.element_size() for t in store.values())  # a few hundred entries at most
             if used + reference.numel() * reference.element_size() <= self.reference_cache_bytes:
                 for k, rows in zip(keys, reference.split(counts)):
                     store.setdefault(k, rows.detach().clone())
