@@ -51,21 +51,24 @@ class Device:
     memory: float | None  # bytes per device (None: host RAM, not checked)
     overhead_s: float = 0.0  # fixed cost per forward request (remote execution)
     note: str = ""
+    layer_step_s: float = 0.0  # host-side cost per decoder layer per generation step (eager HF generate)
 
 
 #: Effective (not peak) throughputs. CPU: measured on this project's 2-thread CPU, idle: recording
 #: SmolLM2-135M in fp32 ran ~140 GFLOP/s (1,200 prompts x 83 tokens in 148 s); bf16 autocast 0.62x of
 #: that (bench/precision.py). Under load from other jobs it fell to ~45. GPUs: 40% of the dense tensor-core peak
-#: (H100 SXM bf16 989 TFLOP/s -> ~400), fp32 without TF32, 70% of the memory bandwidth.
+#: (H100 SXM bf16 989 TFLOP/s -> ~400), fp32 without TF32, 70% of the memory bandwidth. Generation on a GPU
+#: also pays ~1 ms per layer per new token of Python and kernel launches (bench/gpu.py on one H100, batch 16:
+#: Llama-3-8B 33 ms per step against 7 ms of weight streaming, Qwen2.5-7B 46 ms against 7 ms).
 DEVICES: dict[str, Device] = {
     "cpu": Device("cpu", {"float32": 130e9, "bfloat16": 80e9, "float16": 10e9}, 10e9, None,
                   note="2 threads, idle, measured on SmolLM2-135M (fp32); bf16 autocast measured 0.62x of fp32"),
     "a100": Device("NVIDIA A100 80GB", {"bfloat16": 125e12, "float16": 125e12, "float32": 8e12}, 1.4e12, 80 * GB,
-                   note="40% of 312 TFLOP/s bf16, 70% of 2.0 TB/s"),
+                   note="40% of 312 TFLOP/s bf16, 70% of 2.0 TB/s", layer_step_s=1e-3),
     "h100": Device("NVIDIA H100 80GB", {"bfloat16": 400e12, "float16": 400e12, "float32": 27e12}, 2.3e12, 80 * GB,
-                   note="40% of 989 TFLOP/s bf16, 70% of 3.35 TB/s"),
+                   note="40% of 989 TFLOP/s bf16, 70% of 3.35 TB/s", layer_step_s=1e-3),
     "h200": Device("NVIDIA H200 141GB", {"bfloat16": 400e12, "float16": 400e12, "float32": 27e12}, 3.3e12, 141 * GB,
-                   note="40% of 989 TFLOP/s bf16, 70% of 4.8 TB/s"),
+                   note="40% of 989 TFLOP/s bf16, 70% of 4.8 TB/s", layer_step_s=1e-3),
     "ndif": Device("NDIF (remote)", {"bfloat16": 125e12, "float16": 125e12, "float32": 8e12}, 1.4e12, None,
                    overhead_s=3.0, note="assumes A100-class GPUs and ~3 s queue + transfer per request; "
                                         "the server's load is not known in advance"),
@@ -356,13 +359,14 @@ def estimate(model_or_config, probes=None, *, n_prompts: int | None = None, mean
                         flops / flops_rate + steps * dev.overhead_s, train_acts,
                         grads=n_train * grad_bytes, state=n_train * state_bytes + copies))
 
-    # evaluate: prefill, then one step per new token (the larger of its compute and streaming the weights)
+    # evaluate: prefill, then one step per new token (the larger of its compute and streaming the weights,
+    # plus the per-layer launch cost on GPUs)
     n_eval = eval_prompts or n_prompts
     prefill_tokens = n_eval * mean_tokens * PADDING
     prefill = forward_flops(prefill_tokens, mean_tokens, n_eval)
     batches = math.ceil(n_eval / batch_size)
     step_flops = forward_flops(batch_size, mean_tokens + max_new_tokens / 2, batch_size)
-    per_step = max(step_flops / flops_rate, weights / dev.bandwidth)
+    per_step = max(step_flops / flops_rate, weights / dev.bandwidth) + n_layers * dev.layer_step_s
     kv = 2 * n_layers * kv_heads * head_dim * batch_size * (mean_tokens + max_new_tokens) * nbytes
     seconds = prefill / flops_rate + batches * max_new_tokens * per_step + batches * dev.overhead_s
     rows.append(row("evaluate", "", prefill_tokens + n_eval * max_new_tokens,

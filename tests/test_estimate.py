@@ -128,3 +128,14 @@ def test_bench_gpu_runs_on_a_tiny_config(one_thread):
     assert methods["shield"]["trainable"] < methods["lora r=8 (mlp)"]["trainable"] < methods["full (sgd)"]["trainable"]
     assert all(t["step_s"] > 0 for t in r["train"])
     assert "| shield |" in bench.markdown(results)
+
+
+def test_h100_estimates_are_within_1_5x_of_bench_gpu_measurements():
+    """bench/gpu.py on one H100 (2026-11-26; 64 prompts x 215 tokens, batch 16, 64 new tokens, bf16, random
+    weights): record 20,499 / 23,116 tok/s, generation 486 / 347 new tok/s for Llama-3-8B / Qwen2.5-7B."""
+    measured = {"llama-3-8b": (13774 / 20499, 64 * 64 / 486), "qwen2.5-7b": (13774 / 23116, 64 * 64 / 347)}
+    for name, (record_s, generate_s) in measured.items():
+        t = estimate(name, n_prompts=64, mean_tokens=215, device="h100", batch_size=16, max_new_tokens=64).table()
+        est = dict(zip(t["stage"], t["time_s"]))
+        for got, want in ((est["record"], record_s), (est["evaluate"], generate_s)):
+            assert want / 1.5 < got < want * 1.5, (name, got, want)
