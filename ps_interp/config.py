@@ -47,7 +47,8 @@ class RunConfig:
     train_batch_size: int = 8
     baselines: list[str] = field(default_factory=lambda: ["lora", "random"])
     judge: str = "keywords"
-    max_new_tokens: int = 32
+    max_new_tokens: int = 32  # in English tokens: each language gets as much text, see language_scale
+    language_scale: float = 4.0  # at most this many times max_new_tokens for long-tokenised scripts; 1 = off
     eval_per_lang: int | None = 8  # matched pairs per language from the test split (None: all 45)
     system_prompt: str | None = None
     out_dir: str = "runs"

@@ -19,7 +19,7 @@ import torch
 from .asr import asr_table
 from .data.prompting import encode, encode_texts
 from .errors import PsInterpError
-from .generate import generate
+from .generate import MAX_LANGUAGE_SCALE, generate, language_budgets
 from .intervene import last_logits
 from .judges import RefusalKeywords
 
@@ -120,8 +120,13 @@ def retention_metrics(model, benign, reference: torch.Tensor | None = None, *, b
 
 def evaluate(model, probes, *, judge=None, max_new_tokens: int = 64, batch_size: int = 32,
              reference: torch.Tensor | None = None, system_prompt: str | None = None, autocast: bool = False,
-             n_boot: int = 2000, seed: int = 0, progress: bool = True) -> Evaluation:
+             language_scale: float = MAX_LANGUAGE_SCALE, n_boot: int = 2000, seed: int = 0,
+             progress: bool = True) -> Evaluation:
     """Generate greedily on every probe, judge refusals, and tabulate ASR and over-refusal with 95% intervals.
+
+    ``max_new_tokens`` counts English tokens: each language gets as much text (its budget scaled by the
+    tokenizer's length ratio on the built-in refusals, at most ``language_scale`` times; 1 turns this off;
+    :func:`~ps_interp.generate.language_budgets`), so that long-tokenised scripts are judged on as much text.
 
     ``reference``: :func:`next_token_logprobs` of the original model on the *benign* probes (in order),
     to report the KL of the current model to it. ``judge`` defaults to :class:`RefusalKeywords`.
@@ -130,7 +135,8 @@ def evaluate(model, probes, *, judge=None, max_new_tokens: int = 64, batch_size:
     if not items:
         raise PsInterpError("no probes to evaluate", fix="check the selection (e.g. probes.select(split='test'))")
     judge = judge or RefusalKeywords()
-    texts, first = generate(model, items, max_new_tokens=max_new_tokens, batch_size=batch_size,
+    budgets = language_budgets(model, [it.lang for it in items], max_new_tokens, cap=language_scale)
+    texts, first = generate(model, items, max_new_tokens=budgets, batch_size=batch_size,
                             system_prompt=system_prompt, autocast=autocast, progress=progress, first_logprobs=True)
     refused = judge.judge([it.prompt_text() for it in items], texts, [it.lang for it in items])
     df = pd.DataFrame({"id": [it.id for it in items], "lang": [it.lang for it in items],
@@ -145,5 +151,6 @@ def evaluate(model, probes, *, judge=None, max_new_tokens: int = 64, batch_size:
     retention = retention_metrics(model, benign, reference, batch_size=min(batch_size, 16),
                                   current=benign_first) if benign else {}
     settings = {"judge": getattr(judge, "name", type(judge).__name__), "max_new_tokens": max_new_tokens,
+                "language_scale": language_scale, "max_new_tokens_by_lang": budgets,
                 "decoding": "greedy", "system_prompt": system_prompt, "n_boot": n_boot}
     return Evaluation(df, table, retention, settings, benign_logprobs=benign_first)

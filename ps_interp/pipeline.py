@@ -103,7 +103,7 @@ def run_study(cfg: RunConfig) -> Path:
                       method=cfg.method, budget=cfg.budget, rho=None if cfg.budget is not None else cfg.rho,
                       baselines=tuple(cfg.baselines), steps=cfg.steps, lr=cfg.lr, batch_size=cfg.train_batch_size,
                       retention=cfg.retention, eval_per_lang=cfg.eval_per_lang, max_new_tokens=cfg.max_new_tokens,
-                      position=cfg.position, autocast=autocast, seed=cfg.seed)
+                      language_scale=cfg.language_scale, position=cfg.position, autocast=autocast, seed=cfg.seed)
     result.table.to_csv(folder / "tables" / "transfer.csv", index=False)
     result.correlation.to_csv(folder / "tables" / "transfer_correlation.csv", index=False)
     asr_rows = []

@@ -19,6 +19,7 @@ import pandas as pd
 from .data import ProbeSet
 from .errors import PsInterpError
 from .evaluate import Evaluation, evaluate
+from .generate import MAX_LANGUAGE_SCALE
 
 CONDITIONS = ("shield", "lora", "random", "full", "layers")
 
@@ -116,7 +117,8 @@ def transfer(model, *, source: dict | None = None, targets: dict | None = None, 
              stats=None, method: str = "saliency", budget: float | None = 0.0003, rho: float | None = None,
              baselines=("lora", "random"), steps: int = 60, lr: float = 2e-3, batch_size: int = 8,
              retention: str = "kl", eval_per_lang: int | None = 16, max_new_tokens: int = 48, judge=None,
-             position: str = "last", autocast: bool | str = False, seed: int = 0,
+             language_scale: float = MAX_LANGUAGE_SCALE, position: str = "last", autocast: bool | str = False,
+             seed: int = 0,
              progress: bool = True) -> TransferResult:
     """Identify safety neurons on ``source``, align on its train split, evaluate every target before/after.
 
@@ -151,7 +153,8 @@ def transfer(model, *, source: dict | None = None, targets: dict | None = None, 
     test = eval_subset(probes.select(split="test", lang=targets["langs"], modality=targets["modalities"]),
                        eval_per_lang, seed).require_nonempty("test split")
     data = training_pairs(probes, langs=source["langs"], modalities=source["modalities"], split="train", seed=seed)
-    ev_kw = dict(judge=judge, max_new_tokens=max_new_tokens, progress=progress, autocast=autocast)
+    ev_kw = dict(judge=judge, max_new_tokens=max_new_tokens, language_scale=language_scale, progress=progress,
+                 autocast=autocast)
     before = evaluate(model, test, **ev_kw)
     ev_kw["reference"] = before.benign_logprobs  # the original model's benign next-token distributions
     before.retention["benign_kl"] = 0.0

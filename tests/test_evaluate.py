@@ -1,4 +1,6 @@
 """evaluate / transfer end to end on a tiny model; ASR against a direct computation."""
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -97,3 +99,34 @@ def test_eval_subset_keeps_pairs_and_translations():
     sub = eval_subset(probes, 3, seed=1)
     pairs = {it.meta["pair"] for it in sub}
     assert len(pairs) == 3 and len(sub) == 3 * 2 * 2
+
+
+def test_language_budgets_scale_by_the_tokenizer_and_cut_each_completion(tiny_llama):
+    from ps_interp.config import RunConfig
+    from ps_interp.data.probes import ProbeItem
+    from ps_interp.errors import PsInterpError
+    from ps_interp.data.builtin import LANGS, load_refusals
+    from ps_interp.generate import MAX_LANGUAGE_SCALE, generate, language_budgets
+
+    assert RunConfig().language_scale == MAX_LANGUAGE_SCALE
+    tok = tiny_llama.tokenizer
+    refusals = load_refusals()
+    mean = {lang: sum(len(tok(t, add_special_tokens=False)["input_ids"]) for t in refusals[lang]) / len(refusals[lang])
+            for lang in LANGS}
+    budgets = language_budgets(tiny_llama, LANGS, 10, cap=100)
+    for lang in LANGS:
+        assert budgets[lang] == math.ceil(10 * max(1.0, mean[lang] / mean["en"]))
+    capped = language_budgets(tiny_llama, LANGS, 10, cap=1.5)
+    assert max(capped.values()) <= 15 and capped["en"] == 10
+    assert set(language_budgets(tiny_llama, LANGS, 10, cap=1).values()) == {10}
+    with pytest.raises(PsInterpError, match="cap"):
+        language_budgets(tiny_llama, ["en"], 10, cap=0.5)
+    # per-language budgets: each completion is the greedy completion of its own length
+    items = [ProbeItem(id=f"p{i}", lang=lang, label="benign", text=f"hello there {i}")
+             for i, lang in enumerate(["en", "zh", "en", "zh"])]
+    short = generate(tiny_llama, items, max_new_tokens={"en": 3, "zh": 7}, progress=False)
+    for it, text in zip(items, short):
+        alone = generate(tiny_llama, [it], max_new_tokens=3 if it.lang == "en" else 7, progress=False)[0]
+        assert text == alone
+    with pytest.raises(PsInterpError, match="no budget"):
+        generate(tiny_llama, items, max_new_tokens={"en": 3}, progress=False)
