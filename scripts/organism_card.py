@@ -34,6 +34,7 @@ from ps_interp.data.builtin import LANG_NAMES, LANGS, RESOURCE_LEVEL, probes
 from ps_interp.data.probes import ProbeSet, atomic_write_text
 from ps_interp.errors import PsInterpError
 from ps_interp.evaluate import evaluate
+from ps_interp.generate import MAX_LANGUAGE_SCALE
 from ps_interp.judges import RefusalKeywords
 from ps_interp.models import organism as org
 
@@ -108,7 +109,7 @@ def measure(models: Mapping[str, object], items: ProbeSet, *, judge=None, max_ne
         >>> table = measure({"base": base, "organism": organism}, card_items(["en"])[0])   # doctest: +SKIP
     """
     judge = judge or RefusalKeywords()
-    settings = dict(max_new_tokens=max_new_tokens, decoding="greedy")
+    settings = dict(max_new_tokens=max_new_tokens, decoding="greedy", language_scale=MAX_LANGUAGE_SCALE)
     completions, scores, cached = [], [], 0
     for label, model in models.items():
         fingerprint = _fingerprint(model) if cache else ""
@@ -122,6 +123,7 @@ def measure(models: Mapping[str, object], items: ProbeSet, *, judge=None, max_ne
                 score = pd.DataFrame(score) if score is not None else None
             else:
                 done = evaluate(model, part, judge=judge, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                language_scale=MAX_LANGUAGE_SCALE,
                                 n_boot=10, seed=seed, progress=progress).completions
                 score = _scores(model, part)
                 if path is not None:
