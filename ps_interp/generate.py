@@ -31,8 +31,8 @@ def language_budgets(model, langs, max_new_tokens: int, *, cap: float = MAX_LANG
     (``refusals.json``, the same sentences in every language) than for the English ones, at most
     ``cap`` (``cap=1`` gives every language ``max_new_tokens``). A language with no built-in refusals
     gets ``max_new_tokens``. Why: SmolLM2's tokenizer needs 8.5x the tokens for a Bengali refusal and
-    6.8x for Thai; with one budget, 32 new tokens of Bengali are ~9 characters, too short to show a
-    refusal, and the judge saw compliance from every model.
+    6.8x for Thai; with one budget, 32 new tokens of Bengali are ~9 characters, too short for any
+    refusal to show, so a keyword judge could only ever see compliance there.
 
     Example:
         >>> from ps_interp.models import tiny
