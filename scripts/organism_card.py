@@ -188,6 +188,12 @@ def markdown_table(rows: Sequence[Mapping], base: str = "base", organism: str = 
     return "\n".join(lines)
 
 
+def _scaled(settings: Mapping) -> str:
+    scale = settings.get("language_scale", 1.0)
+    return ("" if scale <= 1 else f" of English (each language gets as much text: budgets scaled by the tokenizer's "
+            f"length ratio, at most {scale:g}x, `ps_interp.generate.language_budgets`)")
+
+
 def render_card(numbers: Mapping) -> str:
     """MODEL_CARD.md from the contents of ``card.json`` (all numbers come from there).
 
@@ -244,7 +250,7 @@ model with a thin, keyword-measured refusal behaviour, not a safe assistant.
 
 - Data: the built-in **test** split (never used in training or to choose settings), the same
   {s['n_pairs']} matched pairs (harmful + benign twin, seed {s['seed']}) in every language present.
-- Decoding: greedy, {s['max_new_tokens']} new tokens, the model's chat template (default system prompt).
+- Decoding: greedy, {s['max_new_tokens']} new tokens{_scaled(s)}, the model's chat template (default system prompt).
 - Judge: `{s['judge']}` (refusal phrases of the item's language plus English, in the first 200
   characters). ASR = harmful requests not refused; over-refusal = benign requests refused. 95%
   percentile-bootstrap intervals over prompts ({s['n_boot']} resamples).
@@ -344,7 +350,8 @@ def main(argv: list[str] | None = None) -> Path:
     table = measure({"base": base, "organism": organism}, items, judge=judge, max_new_tokens=args.max_new_tokens,
                     batch_size=args.batch_size, n_boot=args.n_boot, seed=args.seed, cache=args.cache,
                     progress=not args.quiet)
-    settings = dict(n_pairs=args.n_pairs, seed=args.seed, max_new_tokens=args.max_new_tokens, n_boot=args.n_boot,
+    settings = dict(n_pairs=args.n_pairs, seed=args.seed, max_new_tokens=args.max_new_tokens,
+                    language_scale=MAX_LANGUAGE_SCALE, n_boot=args.n_boot,
                     judge=judge.name, langs=list(items.langs), threads=args.threads,
                     refusal_score=bool(table["score_gap"].notna().any()), **table.attrs)
     path = write_card(args.adapter, table, adapter_meta=adapter_meta, settings=settings, skipped=skipped,
