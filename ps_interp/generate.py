@@ -16,10 +16,6 @@ from .errors import PsInterpError
 from .precision import autocast_context
 
 
-def _as_items(prompts):
-    return [p for p in prompts] if not isinstance(prompts[0], str) else None
-
-
 #: at most this many times ``max_new_tokens`` for a language (the slowest scripts would otherwise take 8x)
 MAX_LANGUAGE_SCALE = 4.0
 

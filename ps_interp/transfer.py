@@ -37,14 +37,17 @@ class TransferResult:
     @property
     def targets_only(self) -> pd.DataFrame:
         """``table`` without the source groups themselves (their Jaccard with the source set is 1 by definition)."""
-        t = self.table
-        return t[~t["is_source"]] if "is_source" in t else t
+        return _targets_only(self.table)
 
     @property
     def correlation(self) -> pd.DataFrame:
         """Pearson and Spearman correlation of Jaccard(target set, source set) with the ASR drop, per condition,
         over the target groups that are not the source (zero-shot transfer only)."""
         return transfer_correlation(self.table)
+
+
+def _targets_only(table: pd.DataFrame) -> pd.DataFrame:
+    return table[~table["is_source"].astype(bool)] if "is_source" in table else table
 
 
 def transfer_correlation(table: pd.DataFrame) -> pd.DataFrame:
@@ -56,7 +59,7 @@ def transfer_correlation(table: pd.DataFrame) -> pd.DataFrame:
         >>> float(transfer_correlation(t)["spearman"].iloc[0])
         1.0
     """
-    table = table[~table["is_source"].astype(bool)] if "is_source" in table else table
+    table = _targets_only(table)
     rows = []
     for cond, df in table.groupby("condition"):
         df = df.dropna(subset=["jaccard", "asr_drop"])

@@ -323,7 +323,7 @@ def train(out: Path, *, tiny: bool = False, minutes: float, steps: int, batch_si
                      "per_group": per_group or None, "reading_exercises": exercises,
                      "validation": {"held_out_pairs": val_pairs, "n_images": len(val)}}
     if export is not None:
-        return export_data(Path(export), items, val, image_size=32 if tiny else vlm.IMAGE_SIZE,
+        return export_data(Path(export), items, val, image_size=vlm.TINY_IMAGE_SIZE if tiny else vlm.IMAGE_SIZE,
                            meta={**data_meta, "seed": seed})
     model = vlm.build_tiny(seed=seed) if tiny else vlm.load_vlm(directory=None, seed=seed, vision=vision or None)
     model.hf.to(device)

